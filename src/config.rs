@@ -1,0 +1,271 @@
+//! Command-line and environment configuration (clap). The only place that reads the environment.
+//!
+//! Every flag is `--long` and has an `EDITD_*` environment variable; the doc comments are the
+//! `--help` text. [`ServeArgs`] is validated once into [`ServeConfig`], which the rest of the
+//! crate (and the in-process tests) consume.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The model served when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "black-forest-labs/FLUX.2-klein-4B";
+/// The alias every editd answers under unless `--model-alias` says otherwise.
+pub const DEFAULT_ALIAS: &str = "openai/gpt-image-2/edit";
+
+/// editd: local GPU inference server for open image-edit models.
+#[derive(Debug, Parser)]
+#[command(name = "editd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of the `editd` binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP server (Runflow-compatible run API) in front of one edit model.
+    Serve(ServeArgs),
+    /// Print the OpenAPI document of the HTTP API.
+    PrintOpenapi,
+}
+
+/// Flags of `editd serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model to serve: a Hugging Face hub repo id or a local diffusers-layout directory.
+    #[arg(long, env = "EDITD_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// Public model id the runs API answers under (default: the hub id, or the directory name
+    /// of a local model).
+    #[arg(long, env = "EDITD_MODEL_ID")]
+    pub model_id: Option<String>,
+
+    /// Extra model ids accepted in `POST /v1/models/{model_id}/runs` (repeatable; comma-separated
+    /// in the environment).
+    #[arg(long = "model-alias", env = "EDITD_MODEL_ALIASES", value_delimiter = ',', default_value = DEFAULT_ALIAS)]
+    pub model_aliases: Vec<String>,
+
+    /// Address to bind.
+    #[arg(long, env = "EDITD_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to bind; 0 picks a free port (read it from the `editd listening on` line).
+    #[arg(long, env = "EDITD_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Directory for the run database, uploaded assets, outputs, the key hashes and the URL
+    /// signing secret. Created if missing.
+    #[arg(long, env = "EDITD_DATA_DIR", default_value = "./editd-data")]
+    pub data_dir: PathBuf,
+
+    /// Base URL clients reach this server at (used for absolute output and upload URLs), e.g.
+    /// `https://edit.example.com`. Default: `http://HOST:PORT` as bound.
+    #[arg(long, env = "EDITD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// API key accepted as `Authorization: Bearer <key>` (repeatable; comma-separated in the
+    /// environment). Keys must match `^[a-z0-9_]+$`. With none, the first start generates one,
+    /// stores only its SHA-256 under the data dir and prints it once.
+    #[arg(long = "api-key", env = "EDITD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// Device to run the model on: `auto`, `cpu`, `cuda:N` or `metal`.
+    #[arg(long, env = "EDITD_DEVICE", default_value = "auto")]
+    pub device: String,
+
+    /// Weight dtype override (`bf16`, `f16`, `f32`); default: the model's choice for the device.
+    #[arg(long, env = "EDITD_DTYPE")]
+    pub dtype: Option<String>,
+
+    /// Most runs waiting in `queued`; past it, new runs are refused with 429 `QUEUE_FULL`.
+    #[arg(long, env = "EDITD_MAX_QUEUE", default_value_t = 1000)]
+    pub max_queue: u64,
+
+    /// Times a run may be started; a run found `running` after a crash is re-queued until this
+    /// many attempts, then fails with `ATTEMPTS_EXHAUSTED`.
+    #[arg(long, env = "EDITD_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Seconds the current run may take to finish after SIGTERM before the process exits
+    /// anyway (the run is then re-queued at the next start).
+    #[arg(long, env = "EDITD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 60)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Lifetime in seconds of signed output and upload URLs.
+    #[arg(long, env = "EDITD_URL_TTL_SECS", default_value_t = 86_400)]
+    pub url_ttl_secs: u64,
+
+    /// Let `image_urls` point at private, loopback and link-local addresses (LAN setups).
+    #[arg(long, env = "EDITD_ALLOW_PRIVATE_NETWORKS")]
+    pub allow_private_networks: bool,
+}
+
+/// Errors found while validating the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --api-key: keys must be non-empty and match ^[a-z0-9_]+$")]
+    BadApiKey,
+    #[error("invalid --device {0:?}: expected auto, cpu, cuda:N or metal")]
+    BadDevice(String),
+    #[error("invalid --public-url {0:?}: expected an absolute http(s) URL")]
+    BadPublicUrl(String),
+    #[error("invalid --{0}: {1}")]
+    BadValue(&'static str, String),
+}
+
+/// Validated configuration of `editd serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub model: String,
+    /// Id the model answers under (first) plus aliases.
+    pub model_id: String,
+    pub model_aliases: Vec<String>,
+    pub host: IpAddr,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// Without trailing slash.
+    pub public_url: Option<String>,
+    pub api_keys: Vec<String>,
+    pub device: String,
+    pub dtype: Option<String>,
+    pub max_queue: u64,
+    pub max_attempts: u32,
+    pub shutdown_timeout: Duration,
+    pub url_ttl: Duration,
+    pub allow_private_networks: bool,
+}
+
+impl ServeConfig {
+    /// A config with every default, serving `model` from `data_dir` on 127.0.0.1 and a free port
+    /// (what the in-process tests start from).
+    pub fn new(model: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        let model = model.into();
+        ServeConfig {
+            model_id: default_model_id(&model),
+            model,
+            model_aliases: vec![DEFAULT_ALIAS.to_string()],
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            data_dir: data_dir.into(),
+            public_url: None,
+            api_keys: Vec::new(),
+            device: "auto".into(),
+            dtype: None,
+            max_queue: 1000,
+            max_attempts: 3,
+            shutdown_timeout: Duration::from_secs(60),
+            url_ttl: Duration::from_secs(86_400),
+            allow_private_networks: false,
+        }
+    }
+}
+
+impl TryFrom<ServeArgs> for ServeConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
+        for k in &a.api_keys {
+            if !valid_api_key(k) {
+                return Err(ConfigError::BadApiKey);
+            }
+        }
+        if !valid_device(&a.device) {
+            return Err(ConfigError::BadDevice(a.device));
+        }
+        let public_url = match a.public_url {
+            None => None,
+            Some(u) => {
+                let t = u.trim_end_matches('/');
+                if !(t.starts_with("http://") || t.starts_with("https://")) || t.contains(char::is_whitespace) {
+                    return Err(ConfigError::BadPublicUrl(u));
+                }
+                Some(t.to_string())
+            }
+        };
+        if a.max_queue == 0 {
+            return Err(ConfigError::BadValue("max-queue", "must be at least 1".into()));
+        }
+        if a.max_attempts == 0 {
+            return Err(ConfigError::BadValue("max-attempts", "must be at least 1".into()));
+        }
+        if a.url_ttl_secs == 0 {
+            return Err(ConfigError::BadValue("url-ttl-secs", "must be at least 1".into()));
+        }
+        let model_id = a.model_id.unwrap_or_else(|| default_model_id(&a.model));
+        if model_id.is_empty() {
+            return Err(ConfigError::BadValue("model-id", "must not be empty".into()));
+        }
+        Ok(ServeConfig {
+            model: a.model,
+            model_id,
+            model_aliases: a.model_aliases.into_iter().filter(|s| !s.is_empty()).collect(),
+            host: a.host,
+            port: a.port,
+            data_dir: a.data_dir,
+            public_url,
+            api_keys: a.api_keys,
+            device: a.device,
+            dtype: a.dtype,
+            max_queue: a.max_queue,
+            max_attempts: a.max_attempts,
+            shutdown_timeout: Duration::from_secs(a.shutdown_timeout_secs),
+            url_ttl: Duration::from_secs(a.url_ttl_secs),
+            allow_private_networks: a.allow_private_networks,
+        })
+    }
+}
+
+/// `^[a-z0-9_]+$` (case-insensitive), what Runflow's SDK accepts.
+pub fn valid_api_key(k: &str) -> bool {
+    !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn valid_device(d: &str) -> bool {
+    match d {
+        "auto" | "cpu" | "metal" | "cuda" => true,
+        _ => d.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+    }
+}
+
+/// A hub id answers under itself; a local directory under its last path component.
+fn default_model_id(model: &str) -> String {
+    let p = std::path::Path::new(model);
+    let looks_local = model.starts_with('/') || model.starts_with('.') || model.starts_with('~') || p.exists();
+    if looks_local {
+        p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string())
+    } else {
+        model.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_follow_the_sdk_pattern() {
+        assert!(valid_api_key("editd_0123abc"));
+        assert!(!valid_api_key("editd-key"));
+        assert!(!valid_api_key(""));
+    }
+
+    #[test]
+    fn devices() {
+        for d in ["auto", "cpu", "cuda:0", "cuda:12", "metal"] {
+            assert!(valid_device(d), "{d}");
+        }
+        for d in ["gpu", "cuda:", "cuda:x"] {
+            assert!(!valid_device(d), "{d}");
+        }
+    }
+
+    #[test]
+    fn model_ids() {
+        assert_eq!(default_model_id("black-forest-labs/FLUX.2-klein-4B"), "black-forest-labs/FLUX.2-klein-4B");
+        assert_eq!(default_model_id("/models/klein/"), "klein");
+    }
+}
