@@ -30,6 +30,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the OpenAPI document of the HTTP API.
     PrintOpenapi,
+    /// Edit (or generate) one image from the command line, without a server.
+    Edit(EditArgs),
 }
 
 /// Flags of `editd serve`.
@@ -268,4 +270,66 @@ mod tests {
         assert_eq!(default_model_id("black-forest-labs/FLUX.2-klein-4B"), "black-forest-labs/FLUX.2-klein-4B");
         assert_eq!(default_model_id("/models/klein/"), "klein");
     }
+}
+
+/// `editd edit`: one-shot editing from the command line (same pipeline, no server).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EditArgs {
+    /// Model: a local diffusers-layout directory or a Hugging Face hub repo id.
+    #[arg(long, env = "EDITD_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// The edit instruction or description of the output.
+    #[arg(long)]
+    pub prompt: String,
+    /// Input image (repeatable). With `--mask`, the first is edited and the rest are references.
+    /// None: text-to-image.
+    #[arg(long = "image")]
+    pub images: Vec<std::path::PathBuf>,
+    /// Inpainting mask (same size as the first image): white, or transparent, = repaint.
+    #[arg(long)]
+    pub mask: Option<std::path::PathBuf>,
+    /// Output width in pixels (rounded down to a multiple of 16).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Output height in pixels (rounded down to a multiple of 16).
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Denoising steps (default: the checkpoint's, 4 for distilled klein).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Guidance scale (ignored by distilled checkpoints).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Inpainting strength in (0, 1]; 1 starts from pure noise.
+    #[arg(long, default_value_t = 1.0)]
+    pub strength: f32,
+    /// Seed of the initial noise (random if absent; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// safetensors file with tensor `noise` of shape (1, 128, H/16, W/16) used instead of the RNG.
+    #[arg(long)]
+    pub noise: Option<std::path::PathBuf>,
+    /// Paste the source back outside the mask (feathered inside its edge); `off` gives the
+    /// reference pipeline's raw output.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub paste_back: OnOff,
+    /// Device: auto, cpu, cuda:N or metal.
+    #[arg(long, env = "EDITD_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Weights dtype: f32, bf16 or f16 (default f32 on CPU, bf16 on GPU).
+    #[arg(long, env = "EDITD_DTYPE")]
+    pub dtype: Option<String>,
+    /// Output file; the format follows the extension (png, jpg/jpeg, webp).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Also write the final latents (tensor `latents`, (1, 128, H/16, W/16), normalised space).
+    #[arg(long)]
+    pub latents_out: Option<std::path::PathBuf>,
+}
+
+/// A boolean flag spelled `on` / `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }

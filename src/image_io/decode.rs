@@ -22,7 +22,7 @@
 //! - **Masks** ([`decode_mask`]): 255 = repaint, 0 = keep. See the function's doc.
 //!
 //! Decoding is CPU-bound and synchronous: call it from `spawn_blocking` (under a semaphore and
-//! a timeout) — see [`crate::image_io::decode_image_async`].
+//! a timeout) — see [`crate::image_io::DecodePool`].
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};

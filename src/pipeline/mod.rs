@@ -102,9 +102,13 @@ pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+pub mod device;
+pub mod engine_pipeline;
 pub mod latents;
+pub mod load;
 pub mod mask;
 pub mod noise;
 pub mod preprocess;
+pub mod profiles;
 pub mod sampler;
 pub mod schedule;

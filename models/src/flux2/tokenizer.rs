@@ -115,8 +115,10 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| ModelError::Config { path: path.to_path_buf(), reason: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 impl Flux2Tokenizer {
@@ -144,9 +146,8 @@ impl Flux2Tokenizer {
                 reason: "tokenizer file not found".into(),
             });
         }
-        let mut tokenizer = Tokenizer::from_file(tokenizer_json).map_err(|e| {
-            ModelError::Tokenizer(format!("{}: {e}", tokenizer_json.display()))
-        })?;
+        let mut tokenizer = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
         let cfg: TokenizerConfig = read_json(tokenizer_config)?;
         let template_src = match chat_template_jinja {
             Some(p) => std::fs::read_to_string(p).map_err(|e| ModelError::MissingFile {
@@ -172,12 +173,14 @@ impl Flux2Tokenizer {
             },
         };
         let template = ChatTemplate::new(&template_src)?;
-        let pad_token = cfg.pad_token.as_ref().map(|t| t.content().to_string()).ok_or_else(|| {
-            ModelError::Config {
+        let pad_token = cfg
+            .pad_token
+            .as_ref()
+            .map(|t| t.content().to_string())
+            .ok_or_else(|| ModelError::Config {
                 path: tokenizer_config.to_path_buf(),
                 reason: "no pad_token (needed to pad prompts to 512 tokens)".into(),
-            }
-        })?;
+            })?;
         let pad_id = tokenizer.token_to_id(&pad_token).ok_or_else(|| {
             ModelError::Tokenizer(format!(
                 "pad token `{pad_token}` is not in {}",
@@ -199,7 +202,11 @@ impl Flux2Tokenizer {
         let max_length = MAX_SEQUENCE_LENGTH;
         tokenizer
             .with_truncation(Some(TruncationParams {
-                direction: if trunc_right { TruncationDirection::Right } else { TruncationDirection::Left },
+                direction: if trunc_right {
+                    TruncationDirection::Right
+                } else {
+                    TruncationDirection::Left
+                },
                 max_length,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
@@ -207,7 +214,11 @@ impl Flux2Tokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_length),
-            direction: if pad_right { PaddingDirection::Right } else { PaddingDirection::Left },
+            direction: if pad_right {
+                PaddingDirection::Right
+            } else {
+                PaddingDirection::Left
+            },
             pad_to_multiple_of: None,
             pad_id,
             pad_type_id: 0,
@@ -224,7 +235,12 @@ impl Flux2Tokenizer {
                 special.push((k.to_string(), v.content().to_string()));
             }
         }
-        Ok(Self { tokenizer, template: std::sync::Arc::new(template), special, max_length })
+        Ok(Self {
+            tokenizer,
+            template: std::sync::Arc::new(template),
+            special,
+            max_length,
+        })
     }
 
     /// Sequence length every prompt is padded / truncated to (512 by default).
@@ -285,6 +301,10 @@ impl Flux2Tokenizer {
             input_ids.push(enc.get_ids().to_vec());
             attention_mask.push(enc.get_attention_mask().to_vec());
         }
-        Ok(TokenizedPrompts { input_ids, attention_mask, rendered })
+        Ok(TokenizedPrompts {
+            input_ids,
+            attention_mask,
+            rendered,
+        })
     }
 }

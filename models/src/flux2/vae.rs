@@ -99,7 +99,8 @@ impl Flux2VaeConfig {
         let dec = self.decoder_channels();
         if n == 0 || dec.len() != n {
             return bad(format!(
-                "block_out_channels {:?} / decoder_block_out_channels {:?} must be non-empty and equally long",
+                "block_out_channels {:?} / decoder_block_out_channels {:?} must be non-empty and \
+                 equally long",
                 self.block_out_channels, self.decoder_block_out_channels
             ));
         }
@@ -396,15 +397,17 @@ impl AutoencoderKlFlux2 {
 impl LatentCodec for AutoencoderKlFlux2 {
     fn encode(&self, image: &Tensor) -> Result<Tensor> {
         let s = self.downscale();
-        match *image.dims() {
-            [_, c, h, w] if c == self.cfg.in_channels && h > 0 && w > 0 && h % s == 0 && w % s == 0 => {}
-            _ => {
-                return Err(ModelError::Input(format!(
-                    "FLUX.2 VAE encode: expected a (B, {}, H, W) image with H and W positive multiples of {s}, got shape {:?}",
-                    self.cfg.in_channels,
-                    image.dims()
-                )))
-            }
+        let ok = match *image.dims() {
+            [_, c, h, w] => c == self.cfg.in_channels && h > 0 && w > 0 && h % s == 0 && w % s == 0,
+            _ => false,
+        };
+        if !ok {
+            return Err(ModelError::Input(format!(
+                "FLUX.2 VAE encode: expected a (B, {}, H, W) image with H and W positive \
+                 multiples of {s}, got shape {:?}",
+                self.cfg.in_channels,
+                image.dims()
+            )));
         }
         let mean = self.encode_mean(image)?.to_dtype(DType::F32)?;
         self.bn.normalize(&self.patchify(&mean)?)

@@ -90,14 +90,18 @@ impl Qwen3Config {
 
     /// Rejects configurations this port does not implement exactly.
     pub fn validate(&self) -> Result<()> {
-        let unsupported = |m: String| Err(ModelError::Unsupported(format!("Qwen3 text encoder: {m}")));
+        let unsupported =
+            |m: String| Err(ModelError::Unsupported(format!("Qwen3 text encoder: {m}")));
         if self.hidden_act != "silu" {
             return unsupported(format!("hidden_act `{}` (only silu)", self.hidden_act));
         }
         if self.use_sliding_window {
             return unsupported("use_sliding_window = true".into());
         }
-        let rope_type = self.rope_parameters.as_ref().and_then(|p| p.rope_type.clone());
+        let rope_type = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_type.clone());
         if let Some(t) = rope_type.filter(|t| t != "default") {
             return unsupported(format!("rope_type `{t}` (only default)"));
         }
@@ -128,7 +132,10 @@ pub struct Qwen3RmsNorm {
 
 impl Qwen3RmsNorm {
     pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?, eps })
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps,
+        })
     }
 }
 
@@ -212,8 +219,12 @@ impl Qwen3Attention {
         let (b, l, _) = x.dims3()?;
         let dtype = x.dtype();
         let heads = |t: Tensor, n: usize| t.reshape((b, l, n, self.head_dim));
-        let q = self.q_norm.forward(&heads(self.q_proj.forward(x)?, self.num_heads)?)?;
-        let k = self.k_norm.forward(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?)?;
+        let q = self
+            .q_norm
+            .forward(&heads(self.q_proj.forward(x)?, self.num_heads)?)?;
+        let k = self
+            .k_norm
+            .forward(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?)?;
         let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
@@ -229,7 +240,9 @@ impl Qwen3Attention {
         let scores = scores.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let out = probs.matmul(&v)?; // (B, nh, L, hd)
-        let out = out.transpose(1, 2)?.reshape((b, l, self.num_heads * self.head_dim))?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, l, self.num_heads * self.head_dim))?;
         Ok(self.o_proj.forward(&out)?)
     }
 }
@@ -265,9 +278,13 @@ impl Qwen3DecoderLayer {
     }
 
     fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: &Tensor) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, mask)?;
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, rope, mask)?;
         let x = (x + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         Ok((x + h)?)
     }
 }
@@ -307,7 +324,11 @@ impl Qwen3Encoder {
             .map(|i| Qwen3DecoderLayer::new(cfg, vb_m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let norm = if deepest == cfg.num_hidden_layers {
-            Some(Qwen3RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb_m.pp("norm"))?)
+            Some(Qwen3RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb_m.pp("norm"),
+            )?)
         } else {
             None
         };
@@ -318,7 +339,14 @@ impl Qwen3Encoder {
             .step_by(2)
             .map(|i| 1f32 / theta.powf(i as f32 / hd as f32))
             .collect();
-        Ok(Self { embed_tokens, layers, norm, taps: taps.to_vec(), cfg: cfg.clone(), inv_freq })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            taps: taps.to_vec(),
+            cfg: cfg.clone(),
+            inv_freq,
+        })
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -358,7 +386,11 @@ impl Qwen3Encoder {
                 }
             }
         }
-        Ok(Tensor::from_vec(bias, (b, 1, l, l), attention_mask.device())?)
+        Ok(Tensor::from_vec(
+            bias,
+            (b, 1, l, l),
+            attention_mask.device(),
+        )?)
     }
 
     /// `input_ids` (B, L) integer, `attention_mask` (B, L) with 1 = real token. Positions are
@@ -408,9 +440,17 @@ mod tests {
     fn mask_is_causal_and_key_padding() {
         let m = Tensor::new(&[[1u32, 1, 0, 0]], &Device::Cpu).unwrap();
         let bias = Qwen3Encoder::attention_bias(&m).unwrap();
-        let v = bias.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
-        let allowed: Vec<Vec<bool>> =
-            v.iter().map(|r| r.iter().map(|&x| x == 0.0).collect()).collect();
+        let v = bias
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let allowed: Vec<Vec<bool>> = v
+            .iter()
+            .map(|r| r.iter().map(|&x| x == 0.0).collect())
+            .collect();
         // Pad queries 2 and 3 attend to the two real tokens only.
         assert_eq!(allowed[0], [true, false, false, false]);
         assert_eq!(allowed[1], [true, true, false, false]);

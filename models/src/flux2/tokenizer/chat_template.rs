@@ -38,12 +38,18 @@ impl ChatTemplate {
     /// add_generation_prompt=True, enable_thinking=False)` does. `special` are the
     /// tokenizer's special tokens (`eos_token`, `pad_token`, …) passed as template variables.
     pub fn render_user_prompt(&self, prompt: &str, special: &[(String, String)]) -> Result<String> {
-        let tmpl = self.env.get_template(NAME).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ctx: Vec<(String, Value)> = special
             .iter()
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
-        let msg = Value::from_iter([("role", Value::from("user")), ("content", Value::from(prompt))]);
+        let msg = Value::from_iter([
+            ("role", Value::from("user")),
+            ("content", Value::from(prompt)),
+        ]);
         ctx.push(("messages".into(), Value::from(vec![msg])));
         ctx.push(("tools".into(), Value::from(())));
         ctx.push(("documents".into(), Value::from(())));
@@ -116,7 +122,10 @@ fn strip_chars(args: &[Value]) -> std::result::Result<Option<String>, Error> {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
         Some(v) => Ok(Some(v.as_str().map(str::to_string).ok_or_else(|| {
-            Error::new(ErrorKind::InvalidOperation, "strip argument must be a string")
+            Error::new(
+                ErrorKind::InvalidOperation,
+                "strip argument must be a string",
+            )
         })?)),
     }
 }
@@ -142,7 +151,11 @@ fn py_split(s: &str, args: &[Value]) -> std::result::Result<Value, Error> {
         Some(v) => i64::try_from(v.clone())?,
         None => -1,
     };
-    let limit = if maxsplit < 0 { usize::MAX } else { maxsplit as usize + 1 };
+    let limit = if maxsplit < 0 {
+        usize::MAX
+    } else {
+        maxsplit as usize + 1
+    };
     let parts: Vec<Value> = match sep {
         Some(sep) if sep.is_empty() => {
             return Err(Error::new(ErrorKind::InvalidOperation, "empty separator"))
@@ -169,7 +182,12 @@ fn py_split(s: &str, args: &[Value]) -> std::result::Result<Value, Error> {
 fn arg_str(args: &[Value], i: usize, method: &str) -> std::result::Result<String, Error> {
     args.get(i)
         .and_then(|v| v.as_str().map(str::to_string))
-        .ok_or_else(|| Error::new(ErrorKind::MissingArgument, format!("{method}: string argument")))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::MissingArgument,
+                format!("{method}: string argument"),
+            )
+        })
 }
 
 /// The Python methods chat templates call on strings and dicts.
@@ -203,10 +221,16 @@ fn python_method(
             "split" => py_split(s, args)?,
             "upper" => Value::from(s.to_uppercase()),
             "lower" => Value::from(s.to_lowercase()),
-            "replace" => Value::from(s.replace(&arg_str(args, 0, method)?, &arg_str(args, 1, method)?)),
+            "replace" => {
+                Value::from(s.replace(&arg_str(args, 0, method)?, &arg_str(args, 1, method)?))
+            }
             "find" => {
                 let needle = arg_str(args, 0, method)?;
-                Value::from(s.find(&needle).map(|b| s[..b].chars().count() as i64).unwrap_or(-1))
+                Value::from(
+                    s.find(&needle)
+                        .map(|b| s[..b].chars().count() as i64)
+                        .unwrap_or(-1),
+                )
             }
             "count" => Value::from(s.matches(&arg_str(args, 0, method)?).count()),
             "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
@@ -273,6 +297,9 @@ mod tests {
             {%- if enable_thinking is defined and enable_thinking is false %}\n        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}\n{%- endif %}\n";
         let t = ChatTemplate::new(src).unwrap();
         let out = t.render_user_prompt("a cat", &[]).unwrap();
-        assert_eq!(out, "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+        assert_eq!(
+            out,
+            "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        );
     }
 }

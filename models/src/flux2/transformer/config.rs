@@ -168,7 +168,10 @@ impl Flux2TransformerConfig {
             ("attention_head_dim", self.attention_head_dim),
             ("num_attention_heads", self.num_attention_heads),
             ("joint_attention_dim", self.joint_attention_dim),
-            ("timestep_guidance_channels", self.timestep_guidance_channels),
+            (
+                "timestep_guidance_channels",
+                self.timestep_guidance_channels,
+            ),
         ];
         for (name, v) in zero_fields {
             if v == 0 {
@@ -178,16 +181,24 @@ impl Flux2TransformerConfig {
         if self.out_channels == Some(0) {
             return bad("out_channels must be > 0".into());
         }
-        if self.timestep_guidance_channels % 2 != 0 {
+        if !self.timestep_guidance_channels.is_multiple_of(2) {
             return bad(format!(
                 "timestep_guidance_channels = {} must be even",
                 self.timestep_guidance_channels
             ));
         }
-        if self.attention_head_dim % 2 != 0 {
-            return bad(format!("attention_head_dim = {} must be even", self.attention_head_dim));
+        if !self.attention_head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "attention_head_dim = {} must be even",
+                self.attention_head_dim
+            ));
         }
-        if self.axes_dims_rope.is_empty() || self.axes_dims_rope.iter().any(|d| *d == 0 || d % 2 != 0) {
+        if self.axes_dims_rope.is_empty()
+            || self
+                .axes_dims_rope
+                .iter()
+                .any(|d| *d == 0 || !d.is_multiple_of(2))
+        {
             return bad(format!(
                 "axes_dims_rope = {:?} must be non-empty, positive and even",
                 self.axes_dims_rope

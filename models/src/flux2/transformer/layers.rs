@@ -140,11 +140,18 @@ impl ModParams {
     }
 }
 
-/// `LN(x)·(1 + scale) + shift`.
-pub(crate) fn modulate(x: &Tensor, m: &ModParams, eps: f64) -> Result<Tensor> {
+/// `LN(x)·(1 + scale) + shift`, with `scale1p = 1 + scale`.
+pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale1p: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(layer_norm(x, eps)?
-        .broadcast_mul(&m.scale1p)?
-        .broadcast_add(&m.shift)?)
+        .broadcast_mul(scale1p)?
+        .broadcast_add(shift)?)
+}
+
+impl ModParams {
+    /// [`modulate`] with this set's shift and scale.
+    pub fn modulate(&self, x: &Tensor, eps: f64) -> Result<Tensor> {
+        modulate(x, &self.shift, &self.scale1p, eps)
+    }
 }
 
 /// `x + gate·y`.
@@ -201,7 +208,11 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, max_elems: usize) -> Re
 
 /// Per-head RMSNorm (`torch.nn.RMSNorm(head_dim)`) over the last dim of `x`.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?)
+    Ok(candle_nn::ops::rms_norm(
+        &x.contiguous()?,
+        weight,
+        eps as f32,
+    )?)
 }
 
 #[cfg(test)]
@@ -215,7 +226,10 @@ mod tests {
         let f = [1.0f64, 0.1, 0.01, 0.001];
         for j in 0..4 {
             assert!((e[j] as f64 - (500.0 * f[j]).cos()).abs() < 1e-4, "cos {j}");
-            assert!((e[4 + j] as f64 - (500.0 * f[j]).sin()).abs() < 1e-4, "sin {j}");
+            assert!(
+                (e[4 + j] as f64 - (500.0 * f[j]).sin()).abs() < 1e-4,
+                "sin {j}"
+            );
         }
     }
 
@@ -253,9 +267,16 @@ mod tests {
         let a = [0.3f32, -1.1];
         let cos = Tensor::new(&[[a[0].cos(), a[1].cos()]], &Device::Cpu)?;
         let sin = Tensor::new(&[[a[0].sin(), a[1].sin()]], &Device::Cpu)?;
-        let y = rope_apply(&x, &cos, &sin)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = rope_apply(&x, &cos, &sin)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let (c0, s0, c1, s1) = (a[0].cos(), a[0].sin(), a[1].cos(), a[1].sin());
-        let want = [1. * c0 - 2. * s0, 2. * c0 + 1. * s0, 3. * c1 - 4. * s1, 4. * c1 + 3. * s1];
+        let want = [
+            1. * c0 - 2. * s0,
+            2. * c0 + 1. * s0,
+            3. * c1 - 4. * s1,
+            4. * c1 + 3. * s1,
+        ];
         for (g, w) in y.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{y:?} vs {want:?}");
         }
@@ -264,7 +285,10 @@ mod tests {
 
     #[test]
     fn layer_norm_is_two_pass_and_stable_with_a_large_mean() -> Result<()> {
-        let x = Tensor::new(&[[1e4f32 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0]], &Device::Cpu)?;
+        let x = Tensor::new(
+            &[[1e4f32 + 1.0, 1e4 - 1.0, 1e4 + 1.0, 1e4 - 1.0]],
+            &Device::Cpu,
+        )?;
         let y = layer_norm(&x, 1e-6)?.to_vec2::<f32>()?;
         for (g, w) in y[0].iter().zip([1f32, -1., 1., -1.]) {
             assert!((g - w).abs() < 1e-5, "{y:?}");

@@ -1,0 +1,220 @@
+//! The HTTP layer: axum routes, wire types, auth, the error envelope, OpenAPI — and
+//! [`serve_with`], the library entry point that wires store, engine, supervisor and router
+//! (used by `editd serve` with the real pipeline and by the tests with a test double).
+
+mod assets;
+mod auth;
+pub mod error;
+mod extract;
+mod health;
+mod openapi;
+mod runs;
+mod signing;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::{Extension, Router};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::KEY_FILE;
+pub use openapi::openapi_json;
+
+use crate::config::ServeConfig;
+use crate::engine::{EngineHandle, PipelineLoader};
+use crate::runs::inputs::InputLoader;
+use crate::runs::service::{DataDir, RunService, ServiceSettings, MAX_ASSET_BYTES};
+use crate::runs::sqlite::SqliteStore;
+use crate::runs::store::RunStore;
+use error::ApiError;
+use extract::{AllowEmptyBody, BodyLimit};
+use wire::UrlCtx;
+
+/// Body limit of every route but run creation and uploads.
+pub(crate) const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Body limit of `POST …/runs` (room for a few base64 `data:` images).
+pub(crate) const RUN_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    svc: Arc<RunService>,
+    keys: auth::KeySet,
+    urls: UrlCtx,
+    model_id: String,
+    aliases: Vec<String>,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("run store: {0}")]
+    Store(#[from] crate::runs::store::StoreError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("engine: {0}")]
+    Engine(#[from] crate::engine::EngineError),
+}
+
+fn router(st: AppState) -> Router {
+    let upload_limit = MAX_ASSET_BYTES as usize + 1024;
+    Router::new()
+        .route("/v1/health", get(health::health))
+        .route("/v1/readiness", get(health::readiness))
+        .route("/v1/auth/me", get(health::me))
+        .route(
+            "/v1/models/{*rest}",
+            post(runs::create_run)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(RUN_BODY_LIMIT))
+                .layer::<_, std::convert::Infallible>(Extension(BodyLimit(RUN_BODY_LIMIT))),
+        )
+        .route("/v1/runs", get(runs::list_runs))
+        .route("/v1/runs/{id}", get(runs::get_run))
+        .route("/v1/runs/{id}/cancellation", post(runs::cancel_run).layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)))
+        .route("/v1/asset-uploads", post(assets::create_upload))
+        .route(
+            "/v1/asset-uploads/{id}/content",
+            put(assets::put_upload)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(upload_limit))
+                .layer::<_, std::convert::Infallible>(Extension(BodyLimit(upload_limit))),
+        )
+        .route("/v1/asset-uploads/{id}/confirmations", post(assets::confirm_upload).layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)))
+        .route("/v1/assets/{id}/content", get(assets::get_asset))
+        .route("/v1/files/{run_id}/{name}", get(assets::get_output))
+        .fallback(|req: axum::extract::Request| async move {
+            ApiError::RouteNotFound(format!("{} {}", req.method(), req.uri().path()))
+        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), extract::require_auth))
+        .layer(axum::middleware::from_fn(extract::envelope_errors))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(st)
+}
+
+/// A running server (HTTP listener, supervisor, engine thread).
+pub struct Server {
+    addr: SocketAddr,
+    base_url: String,
+    generated_key: Option<String>,
+    svc: Arc<RunService>,
+    drain: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).finish()
+    }
+}
+
+impl Server {
+    /// The bound address (the real port when `port` was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `--public-url`, or `http://HOST:PORT` as bound.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The key generated on this start (first start without `--api-key`), to print once.
+    pub fn generated_api_key(&self) -> Option<&str> {
+        self.generated_key.as_deref()
+    }
+
+    /// Starts the drain (as SIGTERM does): readiness 503, new runs 503, the current run finishes.
+    pub fn shutdown(&self) {
+        self.svc.start_draining();
+        self.drain.cancel();
+    }
+
+    /// Waits until the server has drained and stopped (call [`Server::shutdown`] first).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Opens the store under `cfg.data_dir` (re-queueing runs a crash left running), binds the
+/// listener, starts the engine thread (which runs `loader`) and the supervisor, and serves.
+/// Returns once the listener accepts connections.
+pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Server, ServeError> {
+    let dd_err = |source| ServeError::DataDir { path: cfg.data_dir.display().to_string(), source };
+    let data = DataDir::create(&cfg.data_dir).map_err(dd_err)?;
+    let (keys, generated_key) = auth::KeySet::load(&cfg.api_keys, data.root()).map_err(dd_err)?;
+    let signer = signing::UrlSigner::load(data.root()).map_err(dd_err)?;
+    let db_path = data.db_path();
+    let max_attempts = cfg.max_attempts;
+    let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, crate::runs::store::StoreError> {
+        let s = SqliteStore::open(&db_path)?;
+        let rep = s.recover(max_attempts, crate::runs::now())?;
+        if rep.requeued > 0 || rep.exhausted > 0 {
+            tracing::warn!(requeued = rep.requeued, failed = rep.exhausted, "recovered runs left running by a previous process");
+        }
+        Ok(s)
+    })
+    .await
+    .map_err(|e| crate::runs::store::StoreError::Db(e.to_string()))??;
+    let store: Arc<dyn RunStore> = Arc::new(store);
+
+    let bind = SocketAddr::new(cfg.host, cfg.port);
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| ServeError::Bind { addr: bind, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: bind, source })?;
+    let base_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+
+    let engine = EngineHandle::spawn(cfg.device.clone(), loader)?;
+    let settings = ServiceSettings {
+        model_id: cfg.model_id.clone(),
+        aliases: cfg.model_aliases.clone(),
+        max_queue: cfg.max_queue,
+        base_url: base_url.clone(),
+    };
+    let svc = Arc::new(RunService::new(store, data.clone(), settings, engine.watch_state()));
+    let worker = tokio::spawn(crate::runs::supervisor::run_worker(
+        svc.clone(),
+        engine,
+        InputLoader::new(data, cfg.allow_private_networks),
+    ));
+
+    let st = AppState {
+        svc: svc.clone(),
+        keys,
+        urls: UrlCtx { base_url: base_url.clone(), signer, ttl_secs: cfg.url_ttl.as_secs() },
+        model_id: cfg.model_id.clone(),
+        aliases: cfg.model_aliases.clone(),
+    };
+    let app = router(st);
+    let drain = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+    let http = {
+        let stop = stop_http.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    let timeout = cfg.shutdown_timeout;
+    let done = {
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            drain.cancelled().await;
+            tracing::info!("draining: finishing the current run, queued runs stay queued");
+            if tokio::time::timeout(timeout, worker).await.is_err() {
+                tracing::warn!(?timeout, "the current run did not finish in time; it will be re-queued at the next start");
+            }
+            stop_http.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
+        })
+    };
+    Ok(Server { addr, base_url, generated_key, svc, drain, done })
+}
