@@ -72,7 +72,12 @@ pub struct ServeArgs {
     /// API key accepted as `Authorization: Bearer <key>` (repeatable; comma-separated in the
     /// environment). Keys must match `^[a-z0-9_]+$`. With none, the first start generates one,
     /// stores only its SHA-256 under the data dir and prints it once.
-    #[arg(long = "api-key", env = "EDITD_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "EDITD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// Device to run the model on: `auto`, `cpu`, `cuda:N` or `metal`.
@@ -102,8 +107,13 @@ pub struct ServeArgs {
     pub url_ttl_secs: u64,
 
     /// Let `image_urls` point at private, loopback and link-local addresses (LAN setups).
+    /// Cloud metadata endpoints stay refused.
     #[arg(long, env = "EDITD_ALLOW_PRIVATE_NETWORKS")]
     pub allow_private_networks: bool,
+
+    /// Accept plain `http://` image URLs (default: `https://` only).
+    #[arg(long, env = "EDITD_ALLOW_HTTP_IMAGE_URLS")]
+    pub allow_http_image_urls: bool,
 }
 
 /// Errors found while validating the flags.
@@ -139,6 +149,7 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     pub url_ttl: Duration,
     pub allow_private_networks: bool,
+    pub allow_http_image_urls: bool,
 }
 
 impl ServeConfig {
@@ -162,6 +173,7 @@ impl ServeConfig {
             shutdown_timeout: Duration::from_secs(60),
             url_ttl: Duration::from_secs(86_400),
             allow_private_networks: false,
+            allow_http_image_urls: false,
         }
     }
 }
@@ -182,29 +194,47 @@ impl TryFrom<ServeArgs> for ServeConfig {
             None => None,
             Some(u) => {
                 let t = u.trim_end_matches('/');
-                if !(t.starts_with("http://") || t.starts_with("https://")) || t.contains(char::is_whitespace) {
+                if !(t.starts_with("http://") || t.starts_with("https://"))
+                    || t.contains(char::is_whitespace)
+                {
                     return Err(ConfigError::BadPublicUrl(u));
                 }
                 Some(t.to_string())
             }
         };
         if a.max_queue == 0 {
-            return Err(ConfigError::BadValue("max-queue", "must be at least 1".into()));
+            return Err(ConfigError::BadValue(
+                "max-queue",
+                "must be at least 1".into(),
+            ));
         }
         if a.max_attempts == 0 {
-            return Err(ConfigError::BadValue("max-attempts", "must be at least 1".into()));
+            return Err(ConfigError::BadValue(
+                "max-attempts",
+                "must be at least 1".into(),
+            ));
         }
         if a.url_ttl_secs == 0 {
-            return Err(ConfigError::BadValue("url-ttl-secs", "must be at least 1".into()));
+            return Err(ConfigError::BadValue(
+                "url-ttl-secs",
+                "must be at least 1".into(),
+            ));
         }
         let model_id = a.model_id.unwrap_or_else(|| default_model_id(&a.model));
         if model_id.is_empty() {
-            return Err(ConfigError::BadValue("model-id", "must not be empty".into()));
+            return Err(ConfigError::BadValue(
+                "model-id",
+                "must not be empty".into(),
+            ));
         }
         Ok(ServeConfig {
             model: a.model,
             model_id,
-            model_aliases: a.model_aliases.into_iter().filter(|s| !s.is_empty()).collect(),
+            model_aliases: a
+                .model_aliases
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
             host: a.host,
             port: a.port,
             data_dir: a.data_dir,
@@ -217,6 +247,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             shutdown_timeout: Duration::from_secs(a.shutdown_timeout_secs),
             url_ttl: Duration::from_secs(a.url_ttl_secs),
             allow_private_networks: a.allow_private_networks,
+            allow_http_image_urls: a.allow_http_image_urls,
         })
     }
 }
@@ -229,16 +260,21 @@ pub fn valid_api_key(k: &str) -> bool {
 fn valid_device(d: &str) -> bool {
     match d {
         "auto" | "cpu" | "metal" | "cuda" => true,
-        _ => d.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        _ => d
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
     }
 }
 
 /// A hub id answers under itself; a local directory under its last path component.
 fn default_model_id(model: &str) -> String {
     let p = std::path::Path::new(model);
-    let looks_local = model.starts_with('/') || model.starts_with('.') || model.starts_with('~') || p.exists();
+    let looks_local =
+        model.starts_with('/') || model.starts_with('.') || model.starts_with('~') || p.exists();
     if looks_local {
-        p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string())
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| model.to_string())
     } else {
         model.to_string()
     }
@@ -267,7 +303,10 @@ mod tests {
 
     #[test]
     fn model_ids() {
-        assert_eq!(default_model_id("black-forest-labs/FLUX.2-klein-4B"), "black-forest-labs/FLUX.2-klein-4B");
+        assert_eq!(
+            default_model_id("black-forest-labs/FLUX.2-klein-4B"),
+            "black-forest-labs/FLUX.2-klein-4B"
+        );
         assert_eq!(default_model_id("/models/klein/"), "klein");
     }
 }

@@ -26,19 +26,29 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDITD_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("EDITD_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// The production loader: builds the real pipeline on the engine thread.
 fn pipeline_loader(cfg: &ServeConfig) -> PipelineLoader {
-    let pc = PipelineConfig { model: cfg.model.clone(), device: cfg.device.clone(), dtype: cfg.dtype.clone() };
+    let pc = PipelineConfig {
+        model: cfg.model.clone(),
+        device: cfg.device.clone(),
+        dtype: cfg.dtype.clone(),
+    };
     Box::new(move || load_pipeline(&pc))
 }
 
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let loader = pipeline_loader(&cfg);
-    let server = editd::api::serve_with(cfg, loader).await.context("starting the server")?;
+    let server = editd::api::serve_with(cfg, loader)
+        .await
+        .context("starting the server")?;
     if let Some(key) = server.generated_api_key() {
         eprintln!("Generated API key (shown once; only its hash is stored): {key}");
     }
@@ -50,7 +60,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -14,10 +14,14 @@ const KEY: &str = "editd_binary_test_key";
 
 #[test]
 fn openapi_matches_the_committed_copy() {
-    let out = std::process::Command::new(BIN).arg("print-openapi").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("print-openapi")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json")).unwrap_or_default();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
+        .unwrap_or_default();
     assert!(
         printed == committed,
         "openapi.json is out of date; regenerate it with `cargo run -- print-openapi > openapi.json`"
@@ -35,17 +39,33 @@ struct Proc {
 /// Starts `editd serve` on port 0 and reads the port from its one stdout line.
 async fn spawn(data: &Path, model: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--model", model, "--port", "0", "--device", "cpu", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .env("EDITD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "serve",
+        "--model",
+        model,
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--data-dir",
+    ])
+    .arg(data)
+    .args(extra)
+    .env("EDITD_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), out.next_line()).await.expect("listening line in time").unwrap().unwrap();
-    let base = line.strip_prefix("editd listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    let line = tokio::time::timeout(Duration::from_secs(30), out.next_line())
+        .await
+        .expect("listening line in time")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .strip_prefix("editd listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     tokio::spawn(async move {
         while let Ok(Some(l)) = out.next_line().await {
@@ -59,7 +79,11 @@ async fn spawn(data: &Path, model: &str, extra: &[&str]) -> Proc {
             let _ = tx.send(l);
         }
     });
-    Proc { child, base, stderr_lines: rx }
+    Proc {
+        child,
+        base,
+        stderr_lines: rx,
+    }
 }
 
 fn http() -> reqwest::Client {
@@ -71,18 +95,32 @@ fn png_data_uri() -> String {
     let img = image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(out.into_inner()))
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+    )
 }
 
 async fn create(c: &reqwest::Client, base: &str, key: &str, steps: u32) -> Value {
     let body = json!({"input": {"prompt": "a red square", "image_urls": [png_data_uri()], "num_inference_steps": steps, "seed": 1}});
-    let r = c.post(format!("{base}/v1/models/openai/gpt-image-2/edit/runs")).bearer_auth(key).json(&body).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v1/models/openai/gpt-image-2/edit/runs"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     r.json().await.unwrap()
 }
 
 async fn get_run(c: &reqwest::Client, base: &str, id: &str) -> Value {
-    let r = c.get(format!("{base}/v1/runs/{id}")).bearer_auth(KEY).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/v1/runs/{id}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
@@ -97,7 +135,12 @@ async fn accepted_runs_survive_sigkill() {
     let mut p = spawn(dir.path(), model, &["--api-key", KEY]).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(create(&c, &p.base, KEY, 2).await["id"].as_str().unwrap().to_string());
+        ids.push(
+            create(&c, &p.base, KEY, 2).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     p.child.kill().await.unwrap(); // SIGKILL right after the last 201
     let p = spawn(dir.path(), model, &["--api-key", KEY]).await;
@@ -106,7 +149,11 @@ async fn accepted_runs_survive_sigkill() {
         assert_eq!(v["status_code"], "queued", "{v}");
         assert_eq!(v["input"]["prompt"], "a red square");
     }
-    let r = c.get(format!("{}/v1/readiness", p.base)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/readiness", p.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "NOT_READY");
@@ -121,7 +168,10 @@ async fn first_start_generates_a_key_and_sigterm_exits_cleanly() {
     let c = http();
     let mut p = spawn(dir.path(), model, &[]).await;
     let key = loop {
-        let l = tokio::time::timeout(Duration::from_secs(10), p.stderr_lines.recv()).await.unwrap().unwrap();
+        let l = tokio::time::timeout(Duration::from_secs(10), p.stderr_lines.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if let Some(k) = l.split("only its hash is stored): ").nth(1) {
             break k.trim().to_string();
         }
@@ -129,19 +179,36 @@ async fn first_start_generates_a_key_and_sigterm_exits_cleanly() {
     assert!(key.starts_with("editd_"));
     let stored = std::fs::read_to_string(dir.path().join("api-keys.sha256")).unwrap();
     assert!(!stored.contains(&key), "only the hash is stored");
-    let me = c.get(format!("{}/v1/auth/me", p.base)).bearer_auth(&key).send().await.unwrap();
+    let me = c
+        .get(format!("{}/v1/auth/me", p.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.status(), 200);
 
     let pid = p.child.id().unwrap();
     let t0 = Instant::now();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await.unwrap().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(10));
 
     // The second start prints no key and accepts the stored one.
     let mut p = spawn(dir.path(), model, &[]).await;
-    let me = c.get(format!("{}/v1/auth/me", p.base)).bearer_auth(&key).send().await.unwrap();
+    let me = c
+        .get(format!("{}/v1/auth/me", p.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.status(), 200);
     p.child.kill().await.unwrap();
     while let Ok(l) = p.stderr_lines.try_recv() {
@@ -160,18 +227,34 @@ async fn running_run_is_requeued_after_sigkill_tiny_a() {
     let c = http();
     let mut p = spawn(dir.path(), model, &["--api-key", KEY]).await;
     let ready = Instant::now();
-    while c.get(format!("{}/v1/readiness", p.base)).send().await.unwrap().status() != 200 {
-        assert!(ready.elapsed() < Duration::from_secs(120), "tiny_a never loaded");
+    while c
+        .get(format!("{}/v1/readiness", p.base))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(120),
+            "tiny_a never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let id = create(&c, &p.base, KEY, 50).await["id"].as_str().unwrap().to_string();
+    let id = create(&c, &p.base, KEY, 50).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let t = Instant::now();
     loop {
         let v = get_run(&c, &p.base, &id).await;
         if v["status_code"] == "running" {
             break;
         }
-        assert_ne!(v["status_code"], "succeeded", "run finished before it could be killed; raise the steps");
+        assert_ne!(
+            v["status_code"], "succeeded",
+            "run finished before it could be killed; raise the steps"
+        );
         assert!(t.elapsed() < Duration::from_secs(60));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{idem_key, idem_replay, idem_store, read_body, JsonBody};
-use super::wire::{render_asset, AssetObject, AssetUploadRequest, AssetUploadResponse, UploadedBody};
+use super::wire::{
+    render_asset, AssetObject, AssetUploadRequest, AssetUploadResponse, UploadedBody,
+};
 use super::AppState;
 use crate::runs::service::MAX_ASSET_BYTES;
 use crate::runs::{FieldError, RunsError};
@@ -52,17 +54,39 @@ fn asset_id(id: &str) -> Result<Uuid, ApiError> {
     ),
     security(("bearer" = []))
 )]
-pub async fn create_upload(State(st): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn create_upload(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     let key = idem_key(&headers, "POST /v1/asset-uploads", &body.raw)?;
     if let Some(replay) = idem_replay(&st, &key).await? {
         return Ok(replay);
     }
     let req: AssetUploadRequest = serde_json::from_value(body.value).map_err(|e| {
-        RunsError::Validation(vec![FieldError::new(&[serde_json::json!("body")], "value_error", e.to_string())])
+        RunsError::Validation(vec![FieldError::new(
+            &[serde_json::json!("body")],
+            "value_error",
+            e.to_string(),
+        )])
     })?;
-    let asset = st.svc.create_asset(req.filename, req.mime_type, req.size_bytes).await?;
-    let upload_url = st.urls.signed("PUT", &format!("/v1/asset-uploads/{}/content", asset.id));
-    idem_store(&st, key, StatusCode::CREATED, AssetUploadResponse { asset_id: asset.id.to_string(), upload_url }).await
+    let asset = st
+        .svc
+        .create_asset(req.filename, req.mime_type, req.size_bytes)
+        .await?;
+    let upload_url = st
+        .urls
+        .signed("PUT", &format!("/v1/asset-uploads/{}/content", asset.id));
+    idem_store(
+        &st,
+        key,
+        StatusCode::CREATED,
+        AssetUploadResponse {
+            asset_id: asset.id.to_string(),
+            upload_url,
+        },
+    )
+    .await
 }
 
 /// Upload the bytes (signed URL; no `Authorization`). Re-uploading before confirmation replaces them.
@@ -95,7 +119,10 @@ pub async fn put_upload(
     let bytes = read_body(req, MAX_ASSET_BYTES as usize).await?;
     let size = bytes.len() as u64;
     st.svc.put_asset_bytes(id, bytes).await?;
-    Ok(Json(UploadedBody { asset_id: id.to_string(), size_bytes: size }))
+    Ok(Json(UploadedBody {
+        asset_id: id.to_string(),
+        size_bytes: size,
+    }))
 }
 
 /// Confirm an upload (body `{}` or `{folder_id}`); the asset can then be used as an image URL.
@@ -118,12 +145,22 @@ pub async fn confirm_upload(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let key = idem_key(&headers, &format!("POST /v1/asset-uploads/{id}/confirmations"), &body.raw)?;
+    let key = idem_key(
+        &headers,
+        &format!("POST /v1/asset-uploads/{id}/confirmations"),
+        &body.raw,
+    )?;
     if let Some(replay) = idem_replay(&st, &key).await? {
         return Ok(replay);
     }
     let asset = st.svc.confirm_asset(asset_id(&id)?).await?;
-    idem_store(&st, key, StatusCode::CREATED, render_asset(&asset, &st.urls)).await
+    idem_store(
+        &st,
+        key,
+        StatusCode::CREATED,
+        render_asset(&asset, &st.urls),
+    )
+    .await
 }
 
 fn bytes_reply(bytes: Vec<u8>, content_type: &str) -> Response {
@@ -131,7 +168,10 @@ fn bytes_reply(bytes: Vec<u8>, content_type: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(content_type) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
     r
 }
 

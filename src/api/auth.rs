@@ -61,7 +61,12 @@ impl KeySet {
     /// (returned as the second value, to be printed once).
     pub fn load(keys: &[String], data_dir: &Path) -> std::io::Result<(KeySet, Option<String>)> {
         if !keys.is_empty() {
-            return Ok((KeySet { hashes: keys.iter().map(|k| hash(k)).collect() }, None));
+            return Ok((
+                KeySet {
+                    hashes: keys.iter().map(|k| hash(k)).collect(),
+                },
+                None,
+            ));
         }
         let path = data_dir.join(KEY_FILE);
         match std::fs::read_to_string(&path) {
@@ -80,7 +85,12 @@ impl KeySet {
                 rand::rng().fill_bytes(&mut raw);
                 let key = format!("editd_{}", hex(&raw));
                 write_private(&path, &format!("{}\n", hex(&hash(&key))))?;
-                Ok((KeySet { hashes: vec![hash(&key)] }, Some(key)))
+                Ok((
+                    KeySet {
+                        hashes: vec![hash(&key)],
+                    },
+                    Some(key),
+                ))
             }
             Err(e) => Err(e),
         }
@@ -90,7 +100,9 @@ impl KeySet {
     /// compared (constant time each), so timing says nothing about which key nearly matched.
     pub fn verify_header(&self, value: Option<&str>) -> bool {
         let Some(v) = value else { return false };
-        let Some((scheme, key)) = v.trim().split_once(' ') else { return false };
+        let Some((scheme, key)) = v.trim().split_once(' ') else {
+            return false;
+        };
         if !scheme.eq_ignore_ascii_case("bearer") {
             return false;
         }

@@ -82,7 +82,9 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
@@ -106,7 +108,11 @@ impl ApiError {
             }
             other => (other.to_string(), None),
         };
-        ErrorBody { code: code.to_string(), message, errors }
+        ErrorBody {
+            code: code.to_string(),
+            message,
+            errors,
+        }
     }
 }
 
@@ -118,7 +124,11 @@ fn summarise(errors: &[FieldError]) -> String {
             let loc: Vec<String> = e
                 .loc
                 .iter()
-                .map(|p| p.as_str().map(str::to_string).unwrap_or_else(|| p.to_string()))
+                .map(|p| {
+                    p.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| p.to_string())
+                })
                 .collect();
             format!("{}: {}", loc.join("."), e.msg)
         })
@@ -141,10 +151,14 @@ impl IntoResponse for ApiError {
         let unauthorized = matches!(self, ApiError::Unauthorized);
         let mut resp = (status, axum::Json(self.body())).into_response();
         if retry {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         if unauthorized {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -28,8 +28,14 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false)
 }
@@ -57,15 +63,23 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(super::DEFAULT_BODY_LIMIT);
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(super::DEFAULT_BODY_LIMIT);
         let raw = read_body(req, limit).await?;
         if raw.is_empty() && empty_ok {
-            return Ok(JsonBody { value: Value::Object(Default::default()), raw });
+            return Ok(JsonBody {
+                value: Value::Object(Default::default()),
+                raw,
+            });
         }
         if !json {
             return Err(ApiError::UnsupportedMediaType(ct));
         }
-        let value = serde_json::from_slice(&raw).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let value =
+            serde_json::from_slice(&raw).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
         Ok(JsonBody { value, raw })
     }
 }
@@ -85,12 +99,12 @@ fn is_public(method: &Method, path: &str) -> bool {
         _ => {}
     }
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, seg.as_slice()) {
-        (&Method::GET | &Method::HEAD, ["v1", "files", _, _]) => true,
-        (&Method::GET | &Method::HEAD, ["v1", "assets", _, "content"]) => true,
-        (&Method::PUT, ["v1", "asset-uploads", _, "content"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, seg.as_slice()),
+        (&Method::GET | &Method::HEAD, ["v1", "files", _, _])
+            | (&Method::GET | &Method::HEAD, ["v1", "assets", _, "content"])
+            | (&Method::PUT, ["v1", "asset-uploads", _, "content"])
+    )
 }
 
 /// Bearer auth on every route that is not explicitly public (default-deny, unknown routes too).
@@ -98,7 +112,10 @@ pub async fn require_auth(State(st): State<AppState>, req: Request, next: Next) 
     if is_public(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
-    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if st.keys.verify_header(value) {
         next.run(req).await
     } else {
@@ -119,7 +136,9 @@ pub async fn envelope_errors(req: Request, next: Next) -> Response {
         return resp;
     }
     let (parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
         StatusCode::NOT_FOUND => "NOT_FOUND",
@@ -133,7 +152,11 @@ pub async fn envelope_errors(req: Request, next: Next) -> Response {
         "" => status.canonical_reason().unwrap_or("error").to_string(),
         t => t.to_string(),
     };
-    let body = ErrorBody { code: code.into(), message, errors: None };
+    let body = ErrorBody {
+        code: code.into(),
+        message,
+        errors: None,
+    };
     let mut out = (status, axum::Json(body)).into_response();
     for (k, v) in parts.headers.iter() {
         if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
@@ -144,28 +167,51 @@ pub async fn envelope_errors(req: Request, next: Next) -> Response {
 }
 
 /// The `Idempotency-Key` of a request, if any, with the scope and body hash.
-pub fn idem_key(headers: &HeaderMap, scope: &str, body: &[u8]) -> Result<Option<IdemKey>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = v.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.trim();
+pub fn idem_key(
+    headers: &HeaderMap,
+    scope: &str,
+    body: &[u8],
+) -> Result<Option<IdemKey>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+        .trim();
     if key.is_empty() || key.len() > 255 {
-        return Err(ApiError::BadRequest("Idempotency-Key must be 1–255 characters".into()));
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1–255 characters".into(),
+        ));
     }
-    Ok(Some(IdemKey { scope: scope.to_string(), key: key.to_string(), body_sha256: hex(&Sha256::digest(body)) }))
+    Ok(Some(IdemKey {
+        scope: scope.to_string(),
+        key: key.to_string(),
+        body_sha256: hex(&Sha256::digest(body)),
+    }))
 }
 
 /// For POSTs other than run creation: replays a stored reply, or 409 for another body.
-pub async fn idem_replay(st: &AppState, key: &Option<IdemKey>) -> Result<Option<Response>, ApiError> {
+pub async fn idem_replay(
+    st: &AppState,
+    key: &Option<IdemKey>,
+) -> Result<Option<Response>, ApiError> {
     let Some(k) = key else { return Ok(None) };
     match st.svc.idem_get(k.scope.clone(), k.key.clone()).await? {
         None => Ok(None),
-        Some(rec) if rec.body_sha256 != k.body_sha256 => Err(ApiError::Runs(crate::runs::RunsError::Conflict(
-            "Idempotency-Key was already used with a different request body".into(),
-        ))),
+        Some(rec) if rec.body_sha256 != k.body_sha256 => {
+            Err(ApiError::Runs(crate::runs::RunsError::Conflict(
+                "Idempotency-Key was already used with a different request body".into(),
+            )))
+        }
         Some(rec) => {
             let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
             let mut r = Response::new(Body::from(rec.response));
             *r.status_mut() = status;
-            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             Ok(Some(r))
         }
     }
@@ -180,11 +226,18 @@ pub async fn idem_store<T: serde::Serialize>(
 ) -> Result<Response, ApiError> {
     let text = serde_json::to_string(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(k) = key {
-        let rec = IdemRecord { body_sha256: k.body_sha256, status: status.as_u16(), response: text.clone() };
+        let rec = IdemRecord {
+            body_sha256: k.body_sha256,
+            status: status.as_u16(),
+            response: text.clone(),
+        };
         st.svc.idem_put(k.scope, k.key, rec).await?;
     }
     let mut r = Response::new(Body::from(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(r)
 }

@@ -37,17 +37,30 @@ pub async fn readiness(State(st): State<AppState>) -> Result<Json<ReadinessBody>
         Err(e) => format!("error: {e}"),
     };
     if r.ready() {
-        return Ok(Json(ReadinessBody { ok: true, model, store, draining: false }));
+        return Ok(Json(ReadinessBody {
+            ok: true,
+            model,
+            store,
+            draining: false,
+        }));
     }
     let mut errors = Vec::new();
     if !matches!(r.model, EngineState::Ready(_)) {
-        errors.push(FieldError::new(&[json!("model")], "not_ready", format!("model {model}")));
+        errors.push(FieldError::new(
+            &[json!("model")],
+            "not_ready",
+            format!("model {model}"),
+        ));
     }
     if r.store.is_err() {
         errors.push(FieldError::new(&[json!("store")], "not_ready", store));
     }
     if r.draining {
-        errors.push(FieldError::new(&[json!("server")], "draining", "shutting down"));
+        errors.push(FieldError::new(
+            &[json!("server")],
+            "draining",
+            "shutting down",
+        ));
     }
     Err(ApiError::NotReady(errors))
 }
@@ -61,5 +74,10 @@ pub async fn readiness(State(st): State<AppState>) -> Result<Json<ReadinessBody>
     security(("bearer" = []))
 )]
 pub async fn me(State(st): State<AppState>) -> Json<MeBody> {
-    Json(MeBody { ok: true, auth: "api_key", model_id: st.model_id.clone(), model_aliases: st.aliases.clone() })
+    Json(MeBody {
+        ok: true,
+        auth: "api_key",
+        model_id: st.model_id.clone(),
+        model_aliases: st.aliases.clone(),
+    })
 }

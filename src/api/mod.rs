@@ -26,7 +26,7 @@ pub use openapi::openapi_json;
 
 use crate::config::ServeConfig;
 use crate::engine::{EngineHandle, PipelineLoader};
-use crate::runs::inputs::InputLoader;
+use crate::image_io::FetchPolicy;
 use crate::runs::service::{DataDir, RunService, ServiceSettings, MAX_ASSET_BYTES};
 use crate::runs::sqlite::SqliteStore;
 use crate::runs::store::RunStore;
@@ -53,11 +53,17 @@ pub(crate) struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("data dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("run store: {0}")]
     Store(#[from] crate::runs::store::StoreError),
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::EngineError),
 }
@@ -76,7 +82,10 @@ fn router(st: AppState) -> Router {
         )
         .route("/v1/runs", get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
-        .route("/v1/runs/{id}/cancellation", post(runs::cancel_run).layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)))
+        .route(
+            "/v1/runs/{id}/cancellation",
+            post(runs::cancel_run).layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)),
+        )
         .route("/v1/asset-uploads", post(assets::create_upload))
         .route(
             "/v1/asset-uploads/{id}/content",
@@ -84,7 +93,11 @@ fn router(st: AppState) -> Router {
                 .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(upload_limit))
                 .layer::<_, std::convert::Infallible>(Extension(BodyLimit(upload_limit))),
         )
-        .route("/v1/asset-uploads/{id}/confirmations", post(assets::confirm_upload).layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)))
+        .route(
+            "/v1/asset-uploads/{id}/confirmations",
+            post(assets::confirm_upload)
+                .layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)),
+        )
         .route("/v1/assets/{id}/content", get(assets::get_asset))
         .route("/v1/files/{run_id}/{name}", get(assets::get_output))
         .fallback(|req: axum::extract::Request| async move {
@@ -92,7 +105,10 @@ fn router(st: AppState) -> Router {
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(st.clone(), extract::require_auth))
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            extract::require_auth,
+        ))
         .layer(axum::middleware::from_fn(extract::envelope_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -147,28 +163,44 @@ impl Server {
 /// listener, starts the engine thread (which runs `loader`) and the supervisor, and serves.
 /// Returns once the listener accepts connections.
 pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Server, ServeError> {
-    let dd_err = |source| ServeError::DataDir { path: cfg.data_dir.display().to_string(), source };
+    let dd_err = |source| ServeError::DataDir {
+        path: cfg.data_dir.display().to_string(),
+        source,
+    };
     let data = DataDir::create(&cfg.data_dir).map_err(dd_err)?;
     let (keys, generated_key) = auth::KeySet::load(&cfg.api_keys, data.root()).map_err(dd_err)?;
     let signer = signing::UrlSigner::load(data.root()).map_err(dd_err)?;
     let db_path = data.db_path();
     let max_attempts = cfg.max_attempts;
-    let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, crate::runs::store::StoreError> {
-        let s = SqliteStore::open(&db_path)?;
-        let rep = s.recover(max_attempts, crate::runs::now())?;
-        if rep.requeued > 0 || rep.exhausted > 0 {
-            tracing::warn!(requeued = rep.requeued, failed = rep.exhausted, "recovered runs left running by a previous process");
-        }
-        Ok(s)
-    })
+    let store = tokio::task::spawn_blocking(
+        move || -> Result<SqliteStore, crate::runs::store::StoreError> {
+            let s = SqliteStore::open(&db_path)?;
+            let rep = s.recover(max_attempts, crate::runs::now())?;
+            if rep.requeued > 0 || rep.exhausted > 0 {
+                tracing::warn!(
+                    requeued = rep.requeued,
+                    failed = rep.exhausted,
+                    "recovered runs left running by a previous process"
+                );
+            }
+            Ok(s)
+        },
+    )
     .await
     .map_err(|e| crate::runs::store::StoreError::Db(e.to_string()))??;
     let store: Arc<dyn RunStore> = Arc::new(store);
 
     let bind = SocketAddr::new(cfg.host, cfg.port);
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| ServeError::Bind { addr: bind, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: bind, source })?;
-    let base_url = cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|source| ServeError::Bind { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr: bind, source })?;
+    let base_url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
 
     let engine = EngineHandle::spawn(cfg.device.clone(), loader)?;
     let settings = ServiceSettings {
@@ -176,18 +208,28 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
         aliases: cfg.model_aliases.clone(),
         max_queue: cfg.max_queue,
         base_url: base_url.clone(),
+        fetch_policy: FetchPolicy {
+            allow_http: cfg.allow_http_image_urls,
+            allow_private: cfg.allow_private_networks,
+            ..FetchPolicy::default()
+        },
     };
-    let svc = Arc::new(RunService::new(store, data.clone(), settings, engine.watch_state()));
-    let worker = tokio::spawn(crate::runs::supervisor::run_worker(
-        svc.clone(),
-        engine,
-        InputLoader::new(data, cfg.allow_private_networks),
+    let svc = Arc::new(RunService::new(
+        store,
+        data.clone(),
+        settings,
+        engine.watch_state(),
     ));
+    let worker = tokio::spawn(crate::runs::supervisor::run_worker(svc.clone(), engine));
 
     let st = AppState {
         svc: svc.clone(),
         keys,
-        urls: UrlCtx { base_url: base_url.clone(), signer, ttl_secs: cfg.url_ttl.as_secs() },
+        urls: UrlCtx {
+            base_url: base_url.clone(),
+            signer,
+            ttl_secs: cfg.url_ttl.as_secs(),
+        },
         model_id: cfg.model_id.clone(),
         aliases: cfg.model_aliases.clone(),
     };
@@ -197,7 +239,9 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
     let http = {
         let stop = stop_http.clone();
         tokio::spawn(async move {
-            let r = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "HTTP server failed");
             }
@@ -216,5 +260,12 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
         })
     };
-    Ok(Server { addr, base_url, generated_key, svc, drain, done })
+    Ok(Server {
+        addr,
+        base_url,
+        generated_key,
+        svc,
+        drain,
+        done,
+    })
 }

@@ -84,7 +84,10 @@ pub async fn create_run(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_run(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<RunObject>, ApiError> {
+pub async fn get_run(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunObject>, ApiError> {
     let run = st.svc.get_run(parse_run_id(&id)?).await?;
     Ok(Json(render_run(&run, &st.urls)))
 }
@@ -113,7 +116,11 @@ fn parse_q(q: &str, query: &mut ListQuery, errors: &mut Vec<FieldError>) -> bool
     };
     for term in terms {
         let Some(pos) = term.find([':', '=']) else {
-            errors.push(qerr("q", "value_error", format!("cannot parse filter term {term:?}; expected field:value")));
+            errors.push(qerr(
+                "q",
+                "value_error",
+                format!("cannot parse filter term {term:?}; expected field:value"),
+            ));
             continue;
         };
         let (lhs, value) = (term[..pos].trim(), term[pos + 1..].trim());
@@ -123,7 +130,11 @@ fn parse_q(q: &str, query: &mut ListQuery, errors: &mut Vec<FieldError>) -> bool
             None => (lhs, "EQ"),
         };
         if !op.eq_ignore_ascii_case("eq") {
-            errors.push(qerr("q", "value_error", format!("operator {op:?} is not supported; use EQ")));
+            errors.push(qerr(
+                "q",
+                "value_error",
+                format!("operator {op:?} is not supported; use EQ"),
+            ));
             continue;
         }
         match field {
@@ -200,7 +211,11 @@ pub async fn list_runs(
         None => 20,
         Some(Ok(n)) if (1..=500).contains(&n) => n,
         Some(_) => {
-            errors.push(qerr("limit", "value_error", "limit must be an integer from 1 to 500"));
+            errors.push(qerr(
+                "limit",
+                "value_error",
+                "limit must be an integer from 1 to 500",
+            ));
             20
         }
     };
@@ -210,7 +225,11 @@ pub async fn list_runs(
             ("created_at" | "id", d) if d.eq_ignore_ascii_case("desc") => SortDir::Desc,
             ("created_at" | "id", d) if d.eq_ignore_ascii_case("asc") => SortDir::Asc,
             _ => {
-                errors.push(qerr("sort_by", "value_error", "sort_by must be created_at:asc or created_at:desc"));
+                errors.push(qerr(
+                    "sort_by",
+                    "value_error",
+                    "sort_by must be created_at:asc or created_at:desc",
+                ));
                 SortDir::Desc
             }
         },
@@ -222,7 +241,14 @@ pub async fn list_runs(
             Cursor::First
         }),
     };
-    let mut query = ListQuery { statuses: vec![], client_ref: None, model_id: None, sort, limit, cursor };
+    let mut query = ListQuery {
+        statuses: vec![],
+        client_ref: None,
+        model_id: None,
+        sort,
+        limit,
+        cursor,
+    };
     let satisfiable = match params.get("q") {
         Some(q) => parse_q(q, &mut query, &mut errors),
         None => true,
@@ -232,13 +258,37 @@ pub async fn list_runs(
     }
     let first = Some(encode_cursor(Cursor::First));
     if !satisfiable {
-        return Ok(Json(RunList { items: vec![], first, next: None, previous: None }));
+        return Ok(Json(RunList {
+            items: vec![],
+            first,
+            next: None,
+            previous: None,
+        }));
     }
     let page = st.svc.list_runs(query).await?;
-    let next = page.has_next.then(|| page.items.last().map(|r| encode_cursor(Cursor::After(r.id)))).flatten();
-    let previous = page.has_previous.then(|| page.items.first().map(|r| encode_cursor(Cursor::Before(r.id)))).flatten();
+    let next = page
+        .has_next
+        .then(|| {
+            page.items
+                .last()
+                .map(|r| encode_cursor(Cursor::After(r.id)))
+        })
+        .flatten();
+    let previous = page
+        .has_previous
+        .then(|| {
+            page.items
+                .first()
+                .map(|r| encode_cursor(Cursor::Before(r.id)))
+        })
+        .flatten();
     let items = page.items.iter().map(|r| render_run(r, &st.urls)).collect();
-    Ok(Json(RunList { items, first, next, previous }))
+    Ok(Json(RunList {
+        items,
+        first,
+        next,
+        previous,
+    }))
 }
 
 /// Cancel a run: a queued run at once (201), a running one between denoising steps (202, the
@@ -264,7 +314,11 @@ pub async fn cancel_run(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let run_id = parse_run_id(&id)?;
-    let key = idem_key(&headers, &format!("POST /v1/runs/{id}/cancellation"), &body.raw)?;
+    let key = idem_key(
+        &headers,
+        &format!("POST /v1/runs/{id}/cancellation"),
+        &body.raw,
+    )?;
     if let Some(replay) = idem_replay(&st, &key).await? {
         return Ok(replay);
     }
@@ -282,8 +336,14 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> (ListQuery, Vec<FieldError>, bool) {
-        let mut query =
-            ListQuery { statuses: vec![], client_ref: None, model_id: None, sort: SortDir::Desc, limit: 1, cursor: Cursor::First };
+        let mut query = ListQuery {
+            statuses: vec![],
+            client_ref: None,
+            model_id: None,
+            sort: SortDir::Desc,
+            limit: 1,
+            cursor: Cursor::First,
+        };
         let mut errors = vec![];
         let ok = parse_q(s, &mut query, &mut errors);
         (query, errors, ok)

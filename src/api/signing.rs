@@ -31,21 +31,29 @@ impl UrlSigner {
     pub fn load(data_dir: &Path) -> std::io::Result<Self> {
         let path = data_dir.join(SECRET_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(s) if s.trim().len() >= 64 => Ok(UrlSigner { secret: s.trim().as_bytes().to_vec() }),
-            Ok(_) => Err(std::io::Error::other(format!("{} is too short; delete it to regenerate", path.display()))),
+            Ok(s) if s.trim().len() >= 64 => Ok(UrlSigner {
+                secret: s.trim().as_bytes().to_vec(),
+            }),
+            Ok(_) => Err(std::io::Error::other(format!(
+                "{} is too short; delete it to regenerate",
+                path.display()
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut raw = [0u8; 32];
                 rand::rng().fill_bytes(&mut raw);
                 let s = hex(&raw);
                 write_private(&path, &format!("{s}\n"))?;
-                Ok(UrlSigner { secret: s.into_bytes() })
+                Ok(UrlSigner {
+                    secret: s.into_bytes(),
+                })
             }
             Err(e) => Err(e),
         }
     }
 
     fn mac(&self, method: &str, path: &str, expires: u64) -> Hmac<Sha256> {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut m =
+            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         m.update(format!("{method}\n{path}\n{expires}").as_bytes());
         m
     }
@@ -57,20 +65,32 @@ impl UrlSigner {
     }
 
     /// Checks the signature (constant time) and that `expires` is not in the past.
-    pub fn verify(&self, method: &str, path: &str, expires: u64, signature: &str, now: u64) -> bool {
+    pub fn verify(
+        &self,
+        method: &str,
+        path: &str,
+        expires: u64,
+        signature: &str,
+        now: u64,
+    ) -> bool {
         if expires < now {
             return false;
         }
-        let Some(sig) = unhex(signature) else { return false };
+        let Some(sig) = unhex(signature) else {
+            return false;
+        };
         self.mac(method, path, expires).verify_slice(&sig).is_ok()
     }
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -84,11 +104,26 @@ mod tests {
         let url = s.sign("GET", "/v1/files/a/0.png", 100);
         let sig = url.rsplit_once("signature=").unwrap().1;
         assert!(s.verify("GET", "/v1/files/a/0.png", 100, sig, 50));
-        assert!(!s.verify("GET", "/v1/files/a/0.png", 100, sig, 101), "expired");
-        assert!(!s.verify("GET", "/v1/files/a/1.png", 100, sig, 50), "other path");
-        assert!(!s.verify("PUT", "/v1/files/a/0.png", 100, sig, 50), "other method");
-        assert!(!s.verify("GET", "/v1/files/a/0.png", 101, sig, 50), "other expiry");
+        assert!(
+            !s.verify("GET", "/v1/files/a/0.png", 100, sig, 101),
+            "expired"
+        );
+        assert!(
+            !s.verify("GET", "/v1/files/a/1.png", 100, sig, 50),
+            "other path"
+        );
+        assert!(
+            !s.verify("PUT", "/v1/files/a/0.png", 100, sig, 50),
+            "other method"
+        );
+        assert!(
+            !s.verify("GET", "/v1/files/a/0.png", 101, sig, 50),
+            "other expiry"
+        );
         let again = UrlSigner::load(dir.path()).unwrap();
-        assert!(again.verify("GET", "/v1/files/a/0.png", 100, sig, 50), "secret persists");
+        assert!(
+            again.verify("GET", "/v1/files/a/0.png", 100, sig, 50),
+            "secret persists"
+        );
     }
 }

@@ -31,7 +31,11 @@ impl UrlCtx {
 
     /// Absolute signed URL for `method path`.
     pub fn signed(&self, method: &str, path: &str) -> String {
-        format!("{}{}", self.base_url, self.signer.sign(method, path, self.expires()))
+        format!(
+            "{}{}",
+            self.base_url,
+            self.signer.sign(method, path, self.expires())
+        )
     }
 }
 
@@ -272,7 +276,9 @@ pub fn render_run(run: &Run, urls: &UrlCtx) -> RunObject {
             nsfw_detected: None,
         }
     });
-    let duration_ms = run.completed_at.map(|c| (c - run.started_at.unwrap_or(run.created_at)).num_milliseconds());
+    let duration_ms = run
+        .completed_at
+        .map(|c| (c - run.started_at.unwrap_or(run.created_at)).num_milliseconds());
     RunObject {
         id: run.id.to_string(),
         model_id: run.model_id.clone(),
@@ -292,9 +298,15 @@ pub fn render_run(run: &Run, urls: &UrlCtx) -> RunObject {
         failure_code: run.failure.as_ref().map(|f| f.code.clone()),
         failure_message: run.failure.as_ref().map(|f| f.message.clone()),
         failure_stage_code: run.failure.as_ref().map(|f| f.stage.clone()),
-        error: run.failure.as_ref().map(|f| RunErrorWire { code: f.code.clone(), message: f.message.clone() }),
+        error: run.failure.as_ref().map(|f| RunErrorWire {
+            code: f.code.clone(),
+            message: f.message.clone(),
+        }),
         progress: if run.status == RunStatus::Running {
-            run.progress.map(|p| ProgressWire { step: p.step, total: p.total })
+            run.progress.map(|p| ProgressWire {
+                step: p.step,
+                total: p.total,
+            })
         } else {
             None
         },

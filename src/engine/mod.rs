@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::pipeline::{EditInputs, EditOutput, EditPipeline, PipelineDefaults, PipelineError, StepCtx};
+use crate::pipeline::{
+    EditInputs, EditOutput, EditPipeline, PipelineDefaults, PipelineError, StepCtx,
+};
 
 /// Builds the pipeline; runs on the device thread.
 pub type PipelineLoader = Box<dyn FnOnce() -> Result<Box<dyn EditPipeline>, PipelineError> + Send>;
@@ -87,7 +89,9 @@ pub struct EngineHandle {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("device", &self.device).finish()
+        f.debug_struct("EngineHandle")
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -100,7 +104,11 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name(format!("editd-engine-{device}"))
             .spawn(move || device_thread(loader, jobs_rx, state_tx))?;
-        Ok(EngineHandle { device, jobs: jobs_tx, state: state_rx })
+        Ok(EngineHandle {
+            device,
+            jobs: jobs_tx,
+            state: state_rx,
+        })
     }
 
     pub fn device(&self) -> &str {
@@ -125,7 +133,11 @@ impl EngineHandle {
     ) -> Result<mpsc::UnboundedReceiver<EngineEvent>, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.jobs
-            .send(Job { inputs, cancel, events: tx })
+            .send(Job {
+                inputs,
+                cancel,
+                events: tx,
+            })
             .map_err(|_| EngineError::Stopped(self.device.clone()))?;
         Ok(rx)
     }
@@ -174,8 +186,13 @@ fn device_thread(
             continue; // the supervisor gave up on it
         }
         let _ = job.events.send(EngineEvent::Started);
-        let mut ctx = Ctx { cancel: &job.cancel, events: &job.events };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.run(&job.inputs, &mut ctx)));
+        let mut ctx = Ctx {
+            cancel: &job.cancel,
+            events: &job.events,
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pipeline.run(&job.inputs, &mut ctx)
+        }));
         let event = match result {
             Ok(Ok(out)) => EngineEvent::Done(out),
             Ok(Err(e)) => EngineEvent::Failed(JobFailure::Pipeline(e)),
@@ -187,7 +204,9 @@ fn device_thread(
 
 fn drain_failed(mut jobs: mpsc::UnboundedReceiver<Job>, msg: String) {
     while let Some(job) = jobs.blocking_recv() {
-        let _ = job.events.send(EngineEvent::Failed(PipelineError::Load(msg.clone()).into()));
+        let _ = job
+            .events
+            .send(EngineEvent::Failed(PipelineError::Load(msg.clone()).into()));
     }
 }
 

@@ -7,8 +7,10 @@
 //! - the payload is percent-decoded, ASCII whitespace removed; both the standard (`+/`) and the
 //!   URL-safe (`-_`) alphabets are accepted, padding is optional, non-zero trailing bits are
 //!   tolerated (as browsers do);
-//! - the **encoded** length is checked against `max_bytes` (×4/3 plus slack for line breaks)
-//!   before anything is decoded, and the decoded length against `max_bytes` after.
+//! - the **encoded** length is checked before anything is decoded: the raw payload may be at
+//!   most 3× the base64 size of `max_bytes` (room for whitespace and percent-escapes), and the
+//!   significant base64 characters at most `4·⌈max_bytes/3⌉`; the decoded length is checked
+//!   against `max_bytes` after.
 
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -27,11 +29,18 @@ fn err(reason: impl Into<String>) -> ImageIoError {
     ImageIoError::InvalidDataUri { input: "data URI".into(), reason: reason.into() }
 }
 
-/// Largest encoded payload accepted for `max_bytes` decoded bytes.
-fn max_encoded_len(max_bytes: usize) -> usize {
-    let b64 = max_bytes.div_ceil(3).saturating_mul(4);
-    // slack: line breaks every 76 chars (MIME) and a little percent-encoding
-    b64.saturating_add(b64 / 32).saturating_add(64)
+/// Base64 characters needed for `max_bytes` bytes (padded).
+fn max_b64_len(max_bytes: usize) -> usize {
+    max_bytes.div_ceil(3).saturating_mul(4)
+}
+
+fn too_large(chars: usize, limit: usize, max_bytes: usize) -> ImageIoError {
+    ImageIoError::TooLarge {
+        input: "data URI".into(),
+        reason: format!(
+            "encoded payload of {chars}+ chars exceeds the {limit} char limit for {max_bytes} bytes"
+        ),
+    }
 }
 
 /// Parse a `data:` URI into `(mime, bytes)`; see the module docs for the exact rules.
@@ -73,15 +82,10 @@ pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), 
         return Err(err("only base64 payloads are accepted (';base64,' is missing)"));
     }
 
-    let limit = max_encoded_len(max_bytes);
-    if payload.len() > limit {
-        return Err(ImageIoError::TooLarge {
-            input: "data URI".into(),
-            reason: format!(
-                "encoded payload of {} chars exceeds the {limit} char limit for {max_bytes} bytes",
-                payload.len()
-            ),
-        });
+    let b64_limit = max_b64_len(max_bytes);
+    let raw_limit = b64_limit.saturating_mul(3).saturating_add(1024);
+    if payload.len() > raw_limit {
+        return Err(too_large(payload.len(), raw_limit, max_bytes));
     }
 
     // Percent-decode, drop ASCII whitespace, map URL-safe to standard, strip padding.
@@ -89,6 +93,9 @@ pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), 
     let mut clean = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
+        if clean.len() > b64_limit {
+            return Err(too_large(clean.len(), b64_limit, max_bytes));
+        }
         let mut b = raw[i];
         if b == b'%' {
             let hex = |c: u8| (c as char).to_digit(16);
@@ -110,6 +117,9 @@ pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), 
                 return Err(err(format!("invalid base64 character {:?}", other as char)));
             }
         }
+    }
+    if clean.len() > b64_limit {
+        return Err(too_large(clean.len(), b64_limit, max_bytes));
     }
     // Padding only at the end, at most two.
     let body_len = clean.iter().rposition(|&c| c != b'=').map_or(0, |p| p + 1);

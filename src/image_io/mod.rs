@@ -11,7 +11,9 @@ mod data_uri;
 mod decode;
 mod encode;
 mod error;
+mod fetch;
 mod pool;
+mod ssrf;
 
 pub use atomic::{is_temp_artifact, write_atomic};
 pub use data_uri::parse_data_uri;
@@ -21,6 +23,11 @@ pub use decode::{
 };
 pub use encode::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
 pub use error::ImageIoError;
+pub use fetch::{pinned_client_builder, CheckedTarget, Fetcher, HostResolver, SystemResolver};
 pub use pool::DecodePool;
+pub use ssrf::{
+    check_addr, check_url, classify_ip, classify_ipv4, classify_ipv6, display_url, embedded_ipv4,
+    CheckedUrl, FetchPolicy, IpClass,
+};
 
 pub use image::{GrayImage, ImageFormat, RgbImage};

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::job::EditJob;
 use super::service::{DataDir, MAX_ASSET_BYTES};
-use crate::image_io::{self, DecodeLimits, DecodePool, ImageIoError};
+use crate::image_io::{self, DecodeLimits, DecodePool, FetchPolicy, Fetcher, ImageIoError};
 
 /// Scheme prefix of stored assets, as Runflow spells it.
 pub const ASSET_SCHEME: &str = "runflow://assets/";
@@ -35,7 +35,7 @@ pub struct InputLoader {
     data: DataDir,
     pool: DecodePool,
     limits: DecodeLimits,
-    fetcher: Arc<Fetch>,
+    fetcher: Arc<Fetcher>,
 }
 
 impl std::fmt::Debug for InputLoader {
@@ -44,57 +44,66 @@ impl std::fmt::Debug for InputLoader {
     }
 }
 
-/// How `http(s)` image URLs are fetched.
-pub struct Fetch {
-    #[allow(dead_code)]
-    allow_private_networks: bool,
-}
-
-impl Fetch {
-    async fn get(&self, url: &str) -> Result<Vec<u8>, ImageIoError> {
-        Err(ImageIoError::FetchFailed {
-            input: url.to_string(),
-            reason: "fetching http(s) image URLs is not available yet; send a data: URI or an uploaded asset".into(),
-        })
-    }
-}
-
 impl InputLoader {
-    pub fn new(data: DataDir, allow_private_networks: bool) -> Self {
+    pub fn new(data: DataDir, policy: FetchPolicy) -> Self {
         InputLoader {
             data,
             pool: DecodePool::default(),
             limits: DecodeLimits::default(),
-            fetcher: Arc::new(Fetch { allow_private_networks }),
+            fetcher: Arc::new(Fetcher::new(policy)),
         }
     }
 
+    /// Admission-time URL check without I/O (scheme, port, IP literals); DNS answers are
+    /// checked again when the image is fetched.
+    pub fn check_url(&self, url: &str) -> Result<(), ImageIoError> {
+        self.fetcher.check_url(url).map(|_| ())
+    }
+
     async fn bytes(&self, url: &str) -> Result<Vec<u8>, ImageIoError> {
-        if let Some(id) = url.strip_prefix(ASSET_SCHEME).and_then(|r| Uuid::parse_str(r).ok()) {
-            return tokio::fs::read(self.data.asset_path(id)).await.map_err(|e| ImageIoError::FetchFailed {
-                input: url.to_string(),
-                reason: format!("stored asset unreadable: {e}"),
-            });
+        if let Some(id) = url
+            .strip_prefix(ASSET_SCHEME)
+            .and_then(|r| Uuid::parse_str(r).ok())
+        {
+            return tokio::fs::read(self.data.asset_path(id))
+                .await
+                .map_err(|e| ImageIoError::FetchFailed {
+                    input: url.to_string(),
+                    reason: format!("stored asset unreadable: {e}"),
+                });
         }
         if url.starts_with("data:") {
             return image_io::parse_data_uri(url, MAX_ASSET_BYTES as usize).map(|(_, b)| b);
         }
-        self.fetcher.get(url).await
+        self.fetcher.fetch(url).await
     }
 
     /// The job's images (in order) and mask, decoded; errors name the field (`image_urls[1]`).
-    pub async fn load(&self, job: &EditJob) -> Result<(Vec<RgbImage>, Option<GrayImage>), ImageIoError> {
+    pub async fn load(
+        &self,
+        job: &EditJob,
+    ) -> Result<(Vec<RgbImage>, Option<GrayImage>), ImageIoError> {
         let mut images = Vec::with_capacity(job.image_urls.len());
         for (i, url) in job.image_urls.iter().enumerate() {
             let label = format!("image_urls[{i}]");
-            let bytes = self.bytes(url).await.map_err(|e| e.with_input(label.clone()))?;
-            let img = self.pool.decode_image(bytes.into(), self.limits).await.map_err(|e| e.with_input(label))?;
+            let bytes = self
+                .bytes(url)
+                .await
+                .map_err(|e| e.with_input(label.clone()))?;
+            let img = self
+                .pool
+                .decode_image(bytes.into(), self.limits)
+                .await
+                .map_err(|e| e.with_input(label))?;
             images.push(img);
         }
         let mask = match &job.mask_url {
             None => None,
             Some(url) => {
-                let bytes = self.bytes(url).await.map_err(|e| e.with_input("mask_url"))?;
+                let bytes = self
+                    .bytes(url)
+                    .await
+                    .map_err(|e| e.with_input("mask_url"))?;
                 let expected = images.first().map(|i| i.dimensions()).unwrap_or((0, 0));
                 Some(
                     self.pool
@@ -115,9 +124,24 @@ mod tests {
     #[test]
     fn asset_refs() {
         let id = Uuid::now_v7();
-        assert_eq!(asset_ref(&format!("runflow://assets/{id}"), "http://h:1"), Some(id));
-        assert_eq!(asset_ref(&format!("http://h:1/v1/assets/{id}/content?expires=1&sig=x"), "http://h:1"), Some(id));
-        assert_eq!(asset_ref(&format!("http://other/v1/assets/{id}/content"), "http://h:1"), None);
+        assert_eq!(
+            asset_ref(&format!("runflow://assets/{id}"), "http://h:1"),
+            Some(id)
+        );
+        assert_eq!(
+            asset_ref(
+                &format!("http://h:1/v1/assets/{id}/content?expires=1&sig=x"),
+                "http://h:1"
+            ),
+            Some(id)
+        );
+        assert_eq!(
+            asset_ref(
+                &format!("http://other/v1/assets/{id}/content"),
+                "http://h:1"
+            ),
+            None
+        );
         assert_eq!(asset_ref("runflow://assets/nope", "http://h:1"), None);
     }
 }

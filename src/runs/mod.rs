@@ -1,5 +1,5 @@
 //! Run lifecycle: the [`Run`] record and its status state machine, validation into an
-//! [`EditJob`](job::EditJob), the [`RunStore`](store::RunStore) trait and its SQLite impl, the
+//! [`EditJob`](job::EditJob) (`validate`), the [`RunStore`](store::RunStore) trait and its SQLite impl, the
 //! [`RunService`](service::RunService) facade the API calls, and the supervisor that feeds the
 //! engine. This layer knows neither axum nor candle.
 
@@ -10,6 +10,7 @@ pub mod service;
 pub mod sqlite;
 pub mod store;
 pub mod supervisor;
+pub mod validate;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,10 @@ impl RunStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Canceled)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Canceled
+        )
     }
 }
 
@@ -82,7 +86,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: &str, stage: &str, message: impl Into<String>) -> Self {
-        Failure { code: code.into(), message: message.into(), stage: stage.into() }
+        Failure {
+            code: code.into(),
+            message: message.into(),
+            stage: stage.into(),
+        }
     }
 }
 
@@ -155,7 +163,11 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(loc: &[serde_json::Value], kind: &str, msg: impl Into<String>) -> Self {
-        FieldError { loc: loc.to_vec(), msg: msg.into(), kind: kind.into() }
+        FieldError {
+            loc: loc.to_vec(),
+            msg: msg.into(),
+            kind: kind.into(),
+        }
     }
 }
 

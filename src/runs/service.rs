@@ -11,12 +11,12 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-use super::inputs::{asset_ref, ASSET_SCHEME};
-use super::job::validate_request;
+use super::inputs::{asset_ref, InputLoader, ASSET_SCHEME};
 use super::store::*;
+use super::validate::validate_request;
 use super::{now, Asset, FieldError, Run, RunsError};
 use crate::engine::{CancelToken, EngineState};
-use crate::image_io;
+use crate::image_io::{self, FetchPolicy};
 
 /// Largest upload or inline (`data:`) image.
 pub const MAX_ASSET_BYTES: u64 = 50 * 1024 * 1024;
@@ -33,7 +33,9 @@ impl DataDir {
         for sub in ["assets", "outputs"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
-        Ok(DataDir { root: root.to_path_buf() })
+        Ok(DataDir {
+            root: root.to_path_buf(),
+        })
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -78,11 +80,15 @@ pub struct RunService {
     pub(crate) active: Mutex<HashMap<Uuid, CancelToken>>,
     /// Our own base URL, so asset URLs we handed out are recognised as assets.
     base_url: String,
+    /// Fetches and decodes inputs (the supervisor's) and checks URLs at admission.
+    pub(crate) inputs: InputLoader,
 }
 
 impl std::fmt::Debug for RunService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunService").field("model_id", &self.model_id).finish()
+        f.debug_struct("RunService")
+            .field("model_id", &self.model_id)
+            .finish()
     }
 }
 
@@ -100,6 +106,7 @@ pub struct ServiceSettings {
     pub aliases: Vec<String>,
     pub max_queue: u64,
     pub base_url: String,
+    pub fetch_policy: FetchPolicy,
 }
 
 impl RunService {
@@ -109,6 +116,7 @@ impl RunService {
         settings: ServiceSettings,
         engine_state: watch::Receiver<EngineState>,
     ) -> Self {
+        let data_for_inputs = data.clone();
         RunService {
             store,
             data,
@@ -120,6 +128,7 @@ impl RunService {
             wake: Notify::new(),
             active: Mutex::new(HashMap::new()),
             base_url: settings.base_url,
+            inputs: InputLoader::new(data_for_inputs, settings.fetch_policy),
         }
     }
 
@@ -151,8 +160,15 @@ impl RunService {
     }
 
     pub async fn readiness(&self) -> Readiness {
-        let store = self.blocking(|s| s.check_writable()).await.map_err(|e| e.to_string());
-        Readiness { model: self.engine_state(), store, draining: self.is_draining() }
+        let store = self
+            .blocking(|s| s.check_writable())
+            .await
+            .map_err(|e| e.to_string());
+        Readiness {
+            model: self.engine_state(),
+            store,
+            draining: self.is_draining(),
+        }
     }
 
     /// The served model id for a requested id or alias.
@@ -180,8 +196,9 @@ impl RunService {
             EngineState::Ready(d) => Some(d),
             _ => None,
         };
-        let mut req = validate_request(body, defaults.as_ref(), || u64::from(rand::random::<u32>()))
-            .map_err(RunsError::Validation)?;
+        let mut req =
+            validate_request(body, defaults.as_ref(), || u64::from(rand::random::<u32>()))
+                .map_err(RunsError::Validation)?;
         let mut assets = Vec::new();
         let mut errors = Vec::new();
         let fields: Vec<(Vec<Value>, &mut String)> = {
@@ -190,7 +207,12 @@ impl RunService {
                 .image_urls
                 .iter_mut()
                 .enumerate()
-                .map(|(i, u)| (vec!["body".into(), "input".into(), "image_urls".into(), i.into()], u))
+                .map(|(i, u)| {
+                    (
+                        vec!["body".into(), "input".into(), "image_urls".into(), i.into()],
+                        u,
+                    )
+                })
                 .collect();
             if let Some(m) = req.job.mask_url.as_mut() {
                 v.push((vec!["body".into(), "input".into(), "mask_url".into()], m));
@@ -285,7 +307,10 @@ impl RunService {
             return Ok(Some(asset));
         }
         if let Some(id) = asset_ref(url, &self.base_url) {
-            let asset = self.blocking(move |s| s.get_asset(id)).await.map_err(|e| e.to_string())?;
+            let asset = self
+                .blocking(move |s| s.get_asset(id))
+                .await
+                .map_err(|e| e.to_string())?;
             match asset {
                 Some(a) if a.confirmed => {
                     *url = format!("{ASSET_SCHEME}{id}");
@@ -297,6 +322,7 @@ impl RunService {
         } else if url.starts_with(ASSET_SCHEME) {
             Err("malformed runflow://assets/{id} reference".into())
         } else {
+            self.inputs.check_url(url).map_err(|e| e.to_string())?;
             Ok(None)
         }
     }
@@ -308,7 +334,9 @@ impl RunService {
     }
 
     pub async fn get_run(&self, id: Uuid) -> Result<Run, RunsError> {
-        self.blocking(move |s| s.get_run(id)).await?.ok_or_else(|| RunsError::RunNotFound(id.to_string()))
+        self.blocking(move |s| s.get_run(id))
+            .await?
+            .ok_or_else(|| RunsError::RunNotFound(id.to_string()))
     }
 
     pub async fn list_runs(&self, q: ListQuery) -> Result<RunPage, RunsError> {
@@ -319,7 +347,12 @@ impl RunService {
     pub async fn cancel_run(&self, id: Uuid) -> Result<CancelOutcome, RunsError> {
         let out = self.blocking(move |s| s.request_cancel(id, now())).await?;
         if let CancelOutcome::Requested(_) = &out {
-            if let Some(t) = self.active.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            if let Some(t) = self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+            {
                 t.cancel();
             }
         }
@@ -329,7 +362,12 @@ impl RunService {
         Ok(out)
     }
 
-    pub async fn create_asset(&self, filename: String, mime_type: String, size: u64) -> Result<Asset, RunsError> {
+    pub async fn create_asset(
+        &self,
+        filename: String,
+        mime_type: String,
+        size: u64,
+    ) -> Result<Asset, RunsError> {
         if size > MAX_ASSET_BYTES {
             return Err(RunsError::TooLarge(size, MAX_ASSET_BYTES));
         }
@@ -352,9 +390,14 @@ impl RunService {
     where
         B: AsRef<[u8]> + Send + 'static,
     {
-        let asset = self.blocking(move |s| s.get_asset(id)).await?.ok_or_else(|| RunsError::AssetNotFound(id.to_string()))?;
+        let asset = self
+            .blocking(move |s| s.get_asset(id))
+            .await?
+            .ok_or_else(|| RunsError::AssetNotFound(id.to_string()))?;
         if asset.confirmed {
-            return Err(RunsError::Conflict(format!("asset {id} is already confirmed")));
+            return Err(RunsError::Conflict(format!(
+                "asset {id} is already confirmed"
+            )));
         }
         let len = bytes.as_ref().len() as u64;
         if len > MAX_ASSET_BYTES {
@@ -364,16 +407,24 @@ impl RunService {
         tokio::task::spawn_blocking(move || image_io::write_atomic(&path, bytes.as_ref()))
             .await
             .map_err(|e| RunsError::Io(std::io::Error::other(e.to_string())))??;
-        self.blocking(move |s| s.mark_asset_uploaded(id, len)).await?;
+        self.blocking(move |s| s.mark_asset_uploaded(id, len))
+            .await?;
         Ok(())
     }
 
     pub async fn confirm_asset(&self, id: Uuid) -> Result<Asset, RunsError> {
-        let asset = self.blocking(move |s| s.get_asset(id)).await?.ok_or_else(|| RunsError::AssetNotFound(id.to_string()))?;
+        let asset = self
+            .blocking(move |s| s.get_asset(id))
+            .await?
+            .ok_or_else(|| RunsError::AssetNotFound(id.to_string()))?;
         if asset.size_bytes.is_none() {
-            return Err(RunsError::Conflict(format!("asset {id} has no uploaded bytes yet; PUT them to upload_url first")));
+            return Err(RunsError::Conflict(format!(
+                "asset {id} has no uploaded bytes yet; PUT them to upload_url first"
+            )));
         }
-        self.blocking(move |s| s.confirm_asset(id)).await?.ok_or_else(|| RunsError::AssetNotFound(id.to_string()))
+        self.blocking(move |s| s.confirm_asset(id))
+            .await?
+            .ok_or_else(|| RunsError::AssetNotFound(id.to_string()))
     }
 
     /// A confirmed asset and its bytes.
@@ -399,11 +450,20 @@ impl RunService {
         Ok((bytes, img.content_type.clone()))
     }
 
-    pub async fn idem_get(&self, scope: String, key: String) -> Result<Option<IdemRecord>, RunsError> {
+    pub async fn idem_get(
+        &self,
+        scope: String,
+        key: String,
+    ) -> Result<Option<IdemRecord>, RunsError> {
         self.blocking(move |s| s.idem_get(&scope, &key)).await
     }
 
-    pub async fn idem_put(&self, scope: String, key: String, rec: IdemRecord) -> Result<(), RunsError> {
+    pub async fn idem_put(
+        &self,
+        scope: String,
+        key: String,
+        rec: IdemRecord,
+    ) -> Result<(), RunsError> {
         self.blocking(move |s| s.idem_put(&scope, &key, &rec)).await
     }
 }

@@ -12,59 +12,17 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::callbacks;
 use super::job::EditJob;
 use super::store::*;
-use super::{Asset, Failure, Progress, Run, RunOutput, RunStatus};
+use rows::*;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    model_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    job TEXT NOT NULL,
-    callback_url TEXT,
-    metadata TEXT,
-    client_ref TEXT,
-    request_id TEXT NOT NULL,
-    output TEXT,
-    failure_code TEXT,
-    failure_message TEXT,
-    failure_stage TEXT,
-    progress_step INTEGER,
-    progress_total INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL,
-    started_at INTEGER,
-    completed_at INTEGER,
-    updated_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_status_id ON runs(status, id);
-CREATE INDEX IF NOT EXISTS runs_client_ref_id ON runs(client_ref, id);
-CREATE TABLE IF NOT EXISTS assets (
-    id TEXT PRIMARY KEY,
-    filename TEXT NOT NULL,
-    mime_type TEXT NOT NULL,
-    declared_size INTEGER NOT NULL,
-    size_bytes INTEGER,
-    confirmed INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    body_sha256 TEXT NOT NULL,
-    run_id TEXT,
-    status INTEGER,
-    response TEXT,
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (scope, key)
-);
-";
+#[path = "sqlite_rows.rs"]
+mod rows;
+use super::{Asset, Failure, Progress, Run, RunStatus};
 
 const NON_TERMINAL: &str = "('queued','dispatching','running')";
 
@@ -79,110 +37,13 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Db(e.to_string())
-}
-
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn from_micros(m: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(m).unwrap_or_default()
-}
-
-fn json_col<T: serde::de::DeserializeOwned>(s: Option<String>, what: &str) -> Result<Option<T>, StoreError> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
-}
-
-fn to_json<T: serde::Serialize>(t: &T) -> String {
-    serde_json::to_string(t).expect("serialising a plain struct cannot fail")
-}
-
-const RUN_COLS: &str = "id, model_id, status, job, callback_url, metadata, client_ref, request_id, output, \
-     failure_code, failure_message, failure_stage, progress_step, progress_total, attempts, \
-     cancel_requested, created_at, started_at, completed_at";
-
-fn run_from_row(r: &Row<'_>) -> Result<Run, StoreError> {
-    let g = |e: rusqlite::Error| StoreError::Corrupt(e.to_string());
-    let id: String = r.get(0).map_err(g)?;
-    let status: String = r.get(2).map_err(g)?;
-    let job: String = r.get(3).map_err(g)?;
-    let failure_code: Option<String> = r.get(9).map_err(g)?;
-    let step: Option<u32> = r.get(12).map_err(g)?;
-    let total: Option<u32> = r.get(13).map_err(g)?;
-    Ok(Run {
-        id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        model_id: r.get(1).map_err(g)?,
-        status: RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
-        job: serde_json::from_str::<EditJob>(&job).map_err(|e| StoreError::Corrupt(format!("job: {e}")))?,
-        callback_url: r.get(4).map_err(g)?,
-        metadata: json_col(r.get(5).map_err(g)?, "metadata")?,
-        client_ref: r.get(6).map_err(g)?,
-        request_id: r.get(7).map_err(g)?,
-        output: json_col::<RunOutput>(r.get(8).map_err(g)?, "output")?,
-        failure: match failure_code {
-            Some(code) => Some(Failure {
-                code,
-                message: r.get::<_, Option<String>>(10).map_err(g)?.unwrap_or_default(),
-                stage: r.get::<_, Option<String>>(11).map_err(g)?.unwrap_or_default(),
-            }),
-            None => None,
-        },
-        progress: step.zip(total).map(|(step, total)| Progress { step, total }),
-        attempts: r.get(14).map_err(g)?,
-        cancel_requested: r.get::<_, i64>(15).map_err(g)? != 0,
-        created_at: from_micros(r.get(16).map_err(g)?),
-        started_at: r.get::<_, Option<i64>>(17).map_err(g)?.map(from_micros),
-        completed_at: r.get::<_, Option<i64>>(18).map_err(g)?.map(from_micros),
-    })
-}
-
-fn get_run_tx(c: &Connection, id: &str) -> Result<Option<Run>, StoreError> {
-    let mut st = c.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1")).map_err(db)?;
-    let mut rows = st.query(params![id]).map_err(db)?;
-    match rows.next().map_err(db)? {
-        Some(r) => Ok(Some(run_from_row(r)?)),
-        None => Ok(None),
-    }
-}
-
-fn asset_from_row(r: &Row<'_>) -> rusqlite::Result<(String, Asset)> {
-    let id: String = r.get(0)?;
-    Ok((
-        id,
-        Asset {
-            id: Uuid::nil(),
-            filename: r.get(1)?,
-            mime_type: r.get(2)?,
-            declared_size: r.get::<_, i64>(3)? as u64,
-            size_bytes: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
-            confirmed: r.get::<_, i64>(5)? != 0,
-            created_at: from_micros(r.get(6)?),
-        },
-    ))
-}
-
-fn insert_asset_tx(c: &Connection, a: &Asset) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO assets (id, filename, mime_type, declared_size, size_bytes, confirmed, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            a.id.to_string(),
-            a.filename,
-            a.mime_type,
-            a.declared_size as i64,
-            a.size_bytes.map(|s| s as i64),
-            a.confirmed as i64,
-            micros(a.created_at)
-        ],
-    )
-    .map_err(db)?;
-    Ok(())
-}
-
 /// Makes a run terminal inside `tx` if it is not already; returns the updated run.
-fn finish_tx(tx: &Transaction<'_>, id: &str, end: &Terminal, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
+fn finish_tx(
+    tx: &Transaction<'_>,
+    id: &str,
+    end: &Terminal,
+    now: DateTime<Utc>,
+) -> Result<Option<Run>, StoreError> {
     let (status, output, failure) = match end {
         Terminal::Succeeded(o) => (RunStatus::Succeeded, Some(to_json(o)), None),
         Terminal::Failed(f) => (RunStatus::Failed, None, Some(f)),
@@ -208,7 +69,8 @@ fn finish_tx(tx: &Transaction<'_>, id: &str, end: &Terminal, now: DateTime<Utc>)
     if n == 0 {
         return Ok(None);
     }
-    let run = get_run_tx(tx, id)?.ok_or_else(|| StoreError::Corrupt("finished run vanished".into()))?;
+    let run =
+        get_run_tx(tx, id)?.ok_or_else(|| StoreError::Corrupt("finished run vanished".into()))?;
     callbacks::on_terminal(tx, &run)?;
     Ok(Some(run))
 }
@@ -217,11 +79,16 @@ impl SqliteStore {
     /// Opens (creating if needed) `path` with WAL and full sync.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -256,7 +123,13 @@ fn filters_sql(q: &ListQuery, args: &mut Vec<String>) -> String {
 
 impl SqliteStore {
     /// Runs matching the filters strictly beyond `id` (after it in `dir` order), up to `limit`.
-    fn page(&self, c: &Connection, q: &ListQuery, beyond: Option<(Uuid, SortDir)>, limit: u32) -> Result<Vec<Run>, StoreError> {
+    fn page(
+        &self,
+        c: &Connection,
+        q: &ListQuery,
+        beyond: Option<(Uuid, SortDir)>,
+        limit: u32,
+    ) -> Result<Vec<Run>, StoreError> {
         let mut args = Vec::new();
         let mut where_ = filters_sql(q, &mut args);
         let dir = beyond.map(|b| b.1).unwrap_or(q.sort);
@@ -268,11 +141,17 @@ impl SqliteStore {
             }
             where_.push_str(&format!("id {op} ?{}", args.len()));
         }
-        let where_ = if where_.is_empty() { String::new() } else { format!("WHERE {where_}") };
+        let where_ = if where_.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {where_}")
+        };
         let order = if dir == SortDir::Asc { "ASC" } else { "DESC" };
         let sql = format!("SELECT {RUN_COLS} FROM runs {where_} ORDER BY id {order} LIMIT {limit}");
         let mut st = c.prepare_cached(&sql).map_err(db)?;
-        let mut rows = st.query(rusqlite::params_from_iter(args.iter())).map_err(db)?;
+        let mut rows = st
+            .query(rusqlite::params_from_iter(args.iter()))
+            .map_err(db)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(db)? {
             out.push(run_from_row(r)?);
@@ -291,7 +170,9 @@ fn flip(d: SortDir) -> SortDir {
 impl RunStore for SqliteStore {
     fn insert_run(&self, run: NewRun, max_queue: u64) -> Result<InsertOutcome, StoreError> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
         if let Some(k) = &run.idempotency {
             let prev: Option<(String, Option<String>)> = tx
                 .query_row(
@@ -305,13 +186,23 @@ impl RunStore for SqliteStore {
                 if hash != k.body_sha256 {
                     return Ok(InsertOutcome::KeyConflict);
                 }
-                if let Some(prev_run) = run_id.as_deref().map(|id| get_run_tx(&tx, id)).transpose()?.flatten() {
+                if let Some(prev_run) = run_id
+                    .as_deref()
+                    .map(|id| get_run_tx(&tx, id))
+                    .transpose()?
+                    .flatten()
+                {
                     return Ok(InsertOutcome::Replayed(prev_run));
                 }
             }
         }
-        let queued: i64 =
-            tx.query_row("SELECT COUNT(*) FROM runs WHERE status = 'queued'", [], |r| r.get(0)).map_err(db)?;
+        let queued: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE status = 'queued'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
         if queued as u64 >= max_queue {
             return Ok(InsertOutcome::QueueFull(queued as u64));
         }
@@ -342,7 +233,8 @@ impl RunStore for SqliteStore {
             )
             .map_err(db)?;
         }
-        let created = get_run_tx(&tx, &id)?.ok_or_else(|| StoreError::Corrupt("inserted run vanished".into()))?;
+        let created = get_run_tx(&tx, &id)?
+            .ok_or_else(|| StoreError::Corrupt("inserted run vanished".into()))?;
         tx.commit().map_err(db)?;
         Ok(InsertOutcome::Created(created))
     }
@@ -376,12 +268,13 @@ impl RunStore for SqliteStore {
             }
         };
         // The side we did not page towards: does anything exist beyond the edge item?
-        let probe = |edge: Option<&Run>, fallback: Option<Uuid>, d: SortDir| -> Result<bool, StoreError> {
-            match edge.map(|r| r.id).or(fallback) {
-                Some(id) => Ok(!self.page(&c, q, Some((id, d)), 1)?.is_empty()),
-                None => Ok(false),
-            }
-        };
+        let probe =
+            |edge: Option<&Run>, fallback: Option<Uuid>, d: SortDir| -> Result<bool, StoreError> {
+                match edge.map(|r| r.id).or(fallback) {
+                    Some(id) => Ok(!self.page(&c, q, Some((id, d)), 1)?.is_empty()),
+                    None => Ok(false),
+                }
+            };
         let (has_next, has_previous) = if reversed {
             let fallback = match q.cursor {
                 Cursor::Before(id) => Some(id),
@@ -400,13 +293,21 @@ impl RunStore for SqliteStore {
             (more_ahead, prev)
         };
         items.shrink_to_fit();
-        Ok(RunPage { items, has_next, has_previous })
+        Ok(RunPage {
+            items,
+            has_next,
+            has_previous,
+        })
     }
 
     fn queued_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn()
-            .query_row("SELECT COUNT(*) FROM runs WHERE status = 'queued'", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE status = 'queued'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(db)?;
         Ok(n as u64)
     }
@@ -430,7 +331,10 @@ impl RunStore for SqliteStore {
 
     fn update_job(&self, id: Uuid, job: &EditJob) -> Result<(), StoreError> {
         self.conn()
-            .execute("UPDATE runs SET job = ?2 WHERE id = ?1", params![id.to_string(), to_json(job)])
+            .execute(
+                "UPDATE runs SET job = ?2 WHERE id = ?1",
+                params![id.to_string(), to_json(job)],
+            )
             .map_err(db)?;
         Ok(())
     }
@@ -457,9 +361,16 @@ impl RunStore for SqliteStore {
         Ok(())
     }
 
-    fn finish(&self, id: Uuid, end: Terminal, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
+    fn finish(
+        &self,
+        id: Uuid,
+        end: Terminal,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Run>, StoreError> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
         let run = finish_tx(&tx, &id.to_string(), &end, now)?;
         tx.commit().map_err(db)?;
         Ok(run)
@@ -467,7 +378,9 @@ impl RunStore for SqliteStore {
 
     fn request_cancel(&self, id: Uuid, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
         let sid = id.to_string();
         let Some(run) = get_run_tx(&tx, &sid)? else {
             return Ok(CancelOutcome::NotFound);
@@ -479,8 +392,11 @@ impl RunStore for SqliteStore {
                 CancelOutcome::Canceled(run)
             }
             _ => {
-                tx.execute("UPDATE runs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1", params![sid, micros(now)])
-                    .map_err(db)?;
+                tx.execute(
+                    "UPDATE runs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
+                    params![sid, micros(now)],
+                )
+                .map_err(db)?;
                 CancelOutcome::Requested(get_run_tx(&tx, &sid)?.unwrap_or(run))
             }
         };
@@ -490,12 +406,16 @@ impl RunStore for SqliteStore {
 
     fn recover(&self, max_attempts: u32, now: DateTime<Utc>) -> Result<RecoverReport, StoreError> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
         let stale: Vec<(String, u32, bool)> = {
             let mut st = tx
                 .prepare("SELECT id, attempts, cancel_requested FROM runs WHERE status IN ('dispatching','running')")
                 .map_err(db)?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0))).map_err(db)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))
+                .map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)?
         };
         let mut report = RecoverReport::default();

@@ -1,10 +1,12 @@
 //! Unit tests of the SQLite store: transitions, crash recovery, pagination, idempotency.
 
 use super::*;
-use crate::runs::job::{validate_request, EditJob};
+use crate::runs::job::EditJob;
+use crate::runs::validate::validate_request;
 
 fn job() -> EditJob {
-    let body = serde_json::json!({"input": {"prompt": "p", "image_urls": ["https://example.com/a.png"]}});
+    let body =
+        serde_json::json!({"input": {"prompt": "p", "image_urls": ["https://example.com/a.png"]}});
     validate_request(&body, None, || 1).unwrap().job
 }
 
@@ -50,7 +52,14 @@ fn recovery_requeues_then_exhausts() {
     for attempt in 1..=2 {
         let s = SqliteStore::open(&path).unwrap();
         let rep = s.recover(3, crate::runs::now()).unwrap();
-        assert_eq!(rep, RecoverReport { requeued: 1, exhausted: 0 }, "attempt {attempt}");
+        assert_eq!(
+            rep,
+            RecoverReport {
+                requeued: 1,
+                exhausted: 0
+            },
+            "attempt {attempt}"
+        );
         let r = s.get_run(id).unwrap().unwrap();
         assert_eq!((r.status, r.attempts), (RunStatus::Queued, attempt));
         let claimed = s.claim_next(crate::runs::now()).unwrap().unwrap();
@@ -59,7 +68,13 @@ fn recovery_requeues_then_exhausts() {
     }
     let s = SqliteStore::open(&path).unwrap();
     let rep = s.recover(3, crate::runs::now()).unwrap();
-    assert_eq!(rep, RecoverReport { requeued: 0, exhausted: 1 });
+    assert_eq!(
+        rep,
+        RecoverReport {
+            requeued: 0,
+            exhausted: 1
+        }
+    );
     let r = s.get_run(id).unwrap().unwrap();
     assert_eq!(r.status, RunStatus::Failed);
     assert_eq!(r.failure.unwrap().code, "ATTEMPTS_EXHAUSTED");
@@ -69,16 +84,33 @@ fn recovery_requeues_then_exhausts() {
 fn terminal_states_are_final() {
     let (_d, s) = store();
     let r = created(s.insert_run(new_run(None), 10).unwrap());
-    assert!(matches!(s.request_cancel(r.id, crate::runs::now()).unwrap(), CancelOutcome::Canceled(_)));
-    assert!(s.finish(r.id, Terminal::Failed(Failure::new("X", "y", "z")), crate::runs::now()).unwrap().is_none());
-    assert_eq!(s.get_run(r.id).unwrap().unwrap().status, RunStatus::Canceled);
+    assert!(matches!(
+        s.request_cancel(r.id, crate::runs::now()).unwrap(),
+        CancelOutcome::Canceled(_)
+    ));
+    assert!(s
+        .finish(
+            r.id,
+            Terminal::Failed(Failure::new("X", "y", "z")),
+            crate::runs::now()
+        )
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.get_run(r.id).unwrap().unwrap().status,
+        RunStatus::Canceled
+    );
     assert!(s.claim_next(crate::runs::now()).unwrap().is_none());
 }
 
 #[test]
 fn queue_bound_and_idempotency() {
     let (_d, s) = store();
-    let key = IdemKey { scope: "POST /runs".into(), key: "k".into(), body_sha256: "aa".into() };
+    let key = IdemKey {
+        scope: "POST /runs".into(),
+        key: "k".into(),
+        body_sha256: "aa".into(),
+    };
     let mut a = new_run(None);
     a.idempotency = Some(key.clone());
     let first = created(s.insert_run(a, 10).unwrap());
@@ -89,28 +121,64 @@ fn queue_bound_and_idempotency() {
         o => panic!("{o:?}"),
     }
     let mut other = new_run(None);
-    other.idempotency = Some(IdemKey { body_sha256: "bb".into(), ..key });
-    assert!(matches!(s.insert_run(other, 10).unwrap(), InsertOutcome::KeyConflict));
+    other.idempotency = Some(IdemKey {
+        body_sha256: "bb".into(),
+        ..key
+    });
+    assert!(matches!(
+        s.insert_run(other, 10).unwrap(),
+        InsertOutcome::KeyConflict
+    ));
     created(s.insert_run(new_run(None), 2).unwrap());
-    assert!(matches!(s.insert_run(new_run(None), 2).unwrap(), InsertOutcome::QueueFull(2)));
+    assert!(matches!(
+        s.insert_run(new_run(None), 2).unwrap(),
+        InsertOutcome::QueueFull(2)
+    ));
 }
 
 #[test]
 fn pages_walk_both_ways() {
     let (_d, s) = store();
-    let ids: Vec<Uuid> = (0..7).map(|i| created(s.insert_run(new_run(Some(if i % 2 == 0 { "even" } else { "odd" })), 100).unwrap()).id).collect();
-    let q = |cursor| ListQuery { statuses: vec![], client_ref: None, model_id: None, sort: SortDir::Desc, limit: 3, cursor };
+    let ids: Vec<Uuid> = (0..7)
+        .map(|i| {
+            created(
+                s.insert_run(new_run(Some(if i % 2 == 0 { "even" } else { "odd" })), 100)
+                    .unwrap(),
+            )
+            .id
+        })
+        .collect();
+    let q = |cursor| ListQuery {
+        statuses: vec![],
+        client_ref: None,
+        model_id: None,
+        sort: SortDir::Desc,
+        limit: 3,
+        cursor,
+    };
     let p1 = s.list_runs(&q(Cursor::First)).unwrap();
-    assert_eq!(p1.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[6], ids[5], ids[4]]);
+    assert_eq!(
+        p1.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[6], ids[5], ids[4]]
+    );
     assert!(p1.has_next && !p1.has_previous);
     let p2 = s.list_runs(&q(Cursor::After(ids[4]))).unwrap();
-    assert_eq!(p2.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[3], ids[2], ids[1]]);
+    assert_eq!(
+        p2.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[2], ids[1]]
+    );
     assert!(p2.has_next && p2.has_previous);
     let p3 = s.list_runs(&q(Cursor::After(ids[1]))).unwrap();
-    assert_eq!(p3.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[0]]);
+    assert_eq!(
+        p3.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
     assert!(!p3.has_next && p3.has_previous);
     let back = s.list_runs(&q(Cursor::Before(ids[3]))).unwrap();
-    assert_eq!(back.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[6], ids[5], ids[4]]);
+    assert_eq!(
+        back.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[6], ids[5], ids[4]]
+    );
     assert!(back.has_next && !back.has_previous);
     let mut even = q(Cursor::First);
     even.client_ref = Some("even".into());

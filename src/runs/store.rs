@@ -150,7 +150,12 @@ pub trait RunStore: Send + Sync {
     fn set_progress(&self, id: Uuid, progress: Progress) -> Result<(), StoreError>;
     /// Non-terminal → terminal (also writes the callback outbox row, see `callbacks`);
     /// `None` if the run was already terminal.
-    fn finish(&self, id: Uuid, end: Terminal, now: DateTime<Utc>) -> Result<Option<Run>, StoreError>;
+    fn finish(
+        &self,
+        id: Uuid,
+        end: Terminal,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Run>, StoreError>;
     fn request_cancel(&self, id: Uuid, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError>;
     /// At startup: `dispatching`/`running` runs go back to `queued`, or fail with
     /// `ATTEMPTS_EXHAUSTED` once they used `max_attempts`.

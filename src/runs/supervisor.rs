@@ -21,7 +21,8 @@ use crate::image_io::{self, OutputFormat};
 use crate::pipeline::{EditOutput, PipelineDefaults, PipelineError};
 
 /// Runs the claim → dispatch → finish loop until the service drains.
-pub async fn run_worker(svc: Arc<RunService>, engine: EngineHandle, loader: InputLoader) {
+pub async fn run_worker(svc: Arc<RunService>, engine: EngineHandle) {
+    let loader = svc.inputs.clone();
     let mut state = engine.watch_state();
     loop {
         if svc.is_draining() {
@@ -61,7 +62,11 @@ pub async fn run_worker(svc: Arc<RunService>, engine: EngineHandle, loader: Inpu
 
 fn failure_of(e: &JobFailure) -> Failure {
     match e {
-        JobFailure::Panicked(m) => Failure::new("INFERENCE_FAILED", "inference", format!("the pipeline panicked: {m}")),
+        JobFailure::Panicked(m) => Failure::new(
+            "INFERENCE_FAILED",
+            "inference",
+            format!("the pipeline panicked: {m}"),
+        ),
         JobFailure::Pipeline(p) => match p {
             PipelineError::InvalidInput(m) => Failure::new("INVALID_INPUT", "inference", m.clone()),
             PipelineError::Load(m) => Failure::new("MODEL_UNAVAILABLE", "dispatch", m.clone()),
@@ -83,13 +88,25 @@ async fn finish(svc: &RunService, run: &Run, end: Terminal) {
     }
 }
 
-async fn process(svc: &Arc<RunService>, engine: &EngineHandle, loader: &InputLoader, d: &PipelineDefaults, mut run: Run) {
+async fn process(
+    svc: &Arc<RunService>,
+    engine: &EngineHandle,
+    loader: &InputLoader,
+    d: &PipelineDefaults,
+    mut run: Run,
+) {
     let id = run.id;
     let token = CancelToken::new();
-    svc.active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
+    svc.active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, token.clone());
     let end = dispatch(svc, engine, loader, d, &mut run, &token).await;
     finish(svc, &run, end).await;
-    svc.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    svc.active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
 }
 
 async fn dispatch(
@@ -127,22 +144,33 @@ async fn dispatch(
     let t_infer = Instant::now();
     let mut events = match engine.submit(inputs, token.clone()) {
         Ok(rx) => rx,
-        Err(e) => return Terminal::Failed(Failure::new("ENGINE_STOPPED", "dispatch", e.to_string())),
+        Err(e) => {
+            return Terminal::Failed(Failure::new("ENGINE_STOPPED", "dispatch", e.to_string()))
+        }
     };
     let out = loop {
         match events.recv().await {
             Some(EngineEvent::Started) => {}
             Some(EngineEvent::Step { step, total }) => {
-                let p = Progress { step: step as u32, total: total as u32 };
+                let p = Progress {
+                    step: step as u32,
+                    total: total as u32,
+                };
                 if let Err(e) = svc.blocking(move |s| s.set_progress(id, p)).await {
                     tracing::warn!(run_id = %id, error = %e, "progress not recorded");
                 }
             }
             Some(EngineEvent::Done(out)) => break out,
-            Some(EngineEvent::Failed(JobFailure::Pipeline(PipelineError::Cancelled))) => return Terminal::Canceled,
+            Some(EngineEvent::Failed(JobFailure::Pipeline(PipelineError::Cancelled))) => {
+                return Terminal::Canceled
+            }
             Some(EngineEvent::Failed(f)) => return Terminal::Failed(failure_of(&f)),
             None => {
-                return Terminal::Failed(Failure::new("ENGINE_STOPPED", "inference", "the engine thread stopped mid-run"))
+                return Terminal::Failed(Failure::new(
+                    "ENGINE_STOPPED",
+                    "inference",
+                    "the engine thread stopped mid-run",
+                ))
             }
         }
     };
@@ -157,7 +185,10 @@ async fn dispatch(
             t.insert("queue_ms".into(), json!(queue_ms));
             t.insert("inputs_ms".into(), json!(inputs_ms));
             t.insert("inference_ms".into(), json!(inference_ms));
-            t.insert("encode_ms".into(), json!(t_enc.elapsed().as_millis() as u64));
+            t.insert(
+                "encode_ms".into(),
+                json!(t_enc.elapsed().as_millis() as u64),
+            );
             Terminal::Succeeded(output)
         }
         Err(f) => Terminal::Failed(f),
@@ -165,7 +196,11 @@ async fn dispatch(
 }
 
 /// Encodes every image; writes files (or builds data: URIs in sync mode).
-async fn write_outputs(svc: &Arc<RunService>, run: &Run, out: EditOutput) -> Result<RunOutput, Failure> {
+async fn write_outputs(
+    svc: &Arc<RunService>,
+    run: &Run,
+    out: EditOutput,
+) -> Result<RunOutput, Failure> {
     let fmt: OutputFormat = run.job.output_format.into();
     let sync = run.job.sync_mode;
     let dir = svc.data.output_dir(run.id);
@@ -173,19 +208,25 @@ async fn write_outputs(svc: &Arc<RunService>, run: &Run, out: EditOutput) -> Res
     let pipeline_timing = serde_json::to_value(&out.timings).unwrap_or(Value::Null);
     let images = tokio::task::spawn_blocking(move || -> Result<Vec<OutputImage>, Failure> {
         if !sync {
-            std::fs::create_dir_all(&dir).map_err(|e| Failure::new("STORAGE_ERROR", "output", e.to_string()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::new("STORAGE_ERROR", "output", e.to_string()))?;
         }
         let mut v = Vec::with_capacity(out.images.len());
         for (i, img) in out.images.iter().enumerate() {
-            let bytes = image_io::encode_image(img, fmt, None).map_err(|e| Failure::new(e.code(), "output", e.to_string()))?;
+            let bytes = image_io::encode_image(img, fmt, None)
+                .map_err(|e| Failure::new(e.code(), "output", e.to_string()))?;
             let seed = out.seeds.get(i).copied().unwrap_or(seed + i as u64);
             let (file, data_uri) = if sync {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-                (None, Some(format!("data:{};base64,{b64}", fmt.content_type())))
+                (
+                    None,
+                    Some(format!("data:{};base64,{b64}", fmt.content_type())),
+                )
             } else {
                 let name = format!("{i}.{}", fmt.extension());
-                image_io::write_atomic(&dir.join(&name), &bytes)
-                    .map_err(|e| Failure::new("STORAGE_ERROR", "output", format!("writing {name}: {e}")))?;
+                image_io::write_atomic(&dir.join(&name), &bytes).map_err(|e| {
+                    Failure::new("STORAGE_ERROR", "output", format!("writing {name}: {e}"))
+                })?;
                 (Some(name), None)
             };
             v.push(OutputImage {
@@ -205,5 +246,9 @@ async fn write_outputs(svc: &Arc<RunService>, run: &Run, out: EditOutput) -> Res
     if let Value::Object(m) = pipeline_timing {
         timing.extend(m);
     }
-    Ok(RunOutput { images, seed, timing })
+    Ok(RunOutput {
+        images,
+        seed,
+        timing,
+    })
 }

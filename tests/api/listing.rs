@@ -7,7 +7,12 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 fn ids(v: &Value) -> Vec<String> {
-    v["items"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,37 +25,102 @@ async fn pagination_and_filters() {
         created.push(s.create(&b).await["id"].as_str().unwrap().to_string());
     }
     // cancel one so a status filter has something to find
-    s.post(&format!("/v1/runs/{}/cancellation", created[0]), &json!({})).await;
+    s.post(&format!("/v1/runs/{}/cancellation", created[0]), &json!({}))
+        .await;
 
     let p1: Value = s.get("/v1/runs?limit=3").await.json().await.unwrap();
     let newest_first: Vec<String> = created.iter().rev().cloned().collect();
     assert_eq!(ids(&p1), newest_first[0..3]);
     assert!(p1["previous"].is_null() && p1["first"].is_string());
     let next = p1["next"].as_str().unwrap();
-    let p2: Value = s.get(&format!("/v1/runs?limit=3&pq={next}")).await.json().await.unwrap();
+    let p2: Value = s
+        .get(&format!("/v1/runs?limit=3&pq={next}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&p2), newest_first[3..6]);
-    let p3: Value = s.get(&format!("/v1/runs?limit=3&pq={}", p2["next"].as_str().unwrap())).await.json().await.unwrap();
+    let p3: Value = s
+        .get(&format!(
+            "/v1/runs?limit=3&pq={}",
+            p2["next"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&p3), newest_first[6..7]);
     assert!(p3["next"].is_null());
-    let back: Value = s.get(&format!("/v1/runs?limit=3&pq={}", p2["previous"].as_str().unwrap())).await.json().await.unwrap();
+    let back: Value = s
+        .get(&format!(
+            "/v1/runs?limit=3&pq={}",
+            p2["previous"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&back), newest_first[0..3]);
-    let first: Value = s.get(&format!("/v1/runs?limit=3&pq={}", p3["first"].as_str().unwrap())).await.json().await.unwrap();
+    let first: Value = s
+        .get(&format!(
+            "/v1/runs?limit=3&pq={}",
+            p3["first"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&first), ids(&p1));
 
-    let asc: Value = s.get("/v1/runs?sort_by=created_at:asc&limit=2").await.json().await.unwrap();
+    let asc: Value = s
+        .get("/v1/runs?sort_by=created_at:asc&limit=2")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&asc), created[0..2]);
 
-    let even: Value = s.get("/v1/runs?q=client_ref.EQ:'even'&limit=500").await.json().await.unwrap();
+    let even: Value = s
+        .get("/v1/runs?q=client_ref.EQ:'even'&limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&even).len(), 4);
-    let odd: Value = s.get("/v1/runs?q=client_ref:odd").await.json().await.unwrap();
+    let odd: Value = s
+        .get("/v1/runs?q=client_ref:odd")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&odd).len(), 3);
-    let canceled: Value = s.get("/v1/runs?q=status_code:canceled").await.json().await.unwrap();
+    let canceled: Value = s
+        .get("/v1/runs?q=status_code:canceled")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&canceled), vec![created[0].clone()]);
-    let uk: Value = s.get("/v1/runs?q=status_code:cancelled AND client_ref:even").await.json().await.unwrap();
+    let uk: Value = s
+        .get("/v1/runs?q=status_code:cancelled AND client_ref:even")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&uk), vec![created[0].clone()]);
-    let none: Value = s.get("/v1/runs?q=status_code:canceled AND client_ref:odd").await.json().await.unwrap();
+    let none: Value = s
+        .get("/v1/runs?q=status_code:canceled AND client_ref:odd")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(ids(&none).is_empty());
-    let queued: Value = s.get("/v1/runs?q=status_code:queued&limit=500").await.json().await.unwrap();
+    let queued: Value = s
+        .get("/v1/runs?q=status_code:queued&limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ids(&queued).len(), 6);
     let _ = Duration::ZERO;
     s.stop().await;

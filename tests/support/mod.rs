@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use editd::config::ServeConfig;
 use editd::engine::PipelineLoader;
-use editd::pipeline::{EditInputs, EditOutput, EditPipeline, PipelineDefaults, PipelineError, StageTimings, StepCtx};
+use editd::pipeline::{
+    EditInputs, EditOutput, EditPipeline, PipelineDefaults, PipelineError, StageTimings, StepCtx,
+};
 use image::{Rgb, RgbImage};
 use serde_json::{json, Value};
 
@@ -23,10 +25,16 @@ pub struct SolidPipeline {
 
 impl SolidPipeline {
     pub fn fast() -> Self {
-        SolidPipeline { delay: Duration::from_millis(5), color: [200, 30, 60] }
+        SolidPipeline {
+            delay: Duration::from_millis(5),
+            color: [200, 30, 60],
+        }
     }
     pub fn slow(step: Duration) -> Self {
-        SolidPipeline { delay: step, color: [10, 120, 240] }
+        SolidPipeline {
+            delay: step,
+            color: [10, 120, 240],
+        }
     }
     pub fn loader(self) -> PipelineLoader {
         Box::new(move || Ok(Box::new(self) as Box<dyn EditPipeline>))
@@ -35,14 +43,30 @@ impl SolidPipeline {
 
 impl EditPipeline for SolidPipeline {
     fn defaults(&self) -> PipelineDefaults {
-        PipelineDefaults { model_id: MODEL.into(), is_distilled: true, default_steps: 4, default_guidance: 1.0 }
+        PipelineDefaults {
+            model_id: MODEL.into(),
+            is_distilled: true,
+            default_steps: 4,
+            default_guidance: 1.0,
+        }
     }
 
-    fn run(&mut self, job: &EditInputs, ctx: &mut dyn StepCtx) -> Result<EditOutput, PipelineError> {
+    fn run(
+        &mut self,
+        job: &EditInputs,
+        ctx: &mut dyn StepCtx,
+    ) -> Result<EditOutput, PipelineError> {
         if job.prompt == "fail" {
-            return Err(PipelineError::InvalidInput("the test double was told to fail".into()));
+            return Err(PipelineError::InvalidInput(
+                "the test double was told to fail".into(),
+            ));
         }
-        let (w, h) = job.size.unwrap_or_else(|| job.images.first().map(|i| i.dimensions()).unwrap_or((64, 64)));
+        let (w, h) = job.size.unwrap_or_else(|| {
+            job.images
+                .first()
+                .map(|i| i.dimensions())
+                .unwrap_or((64, 64))
+        });
         let total = job.steps * job.num_images;
         for step in 1..=total {
             if ctx.cancelled() {
@@ -52,7 +76,9 @@ impl EditPipeline for SolidPipeline {
             ctx.on_step(step, total);
         }
         Ok(EditOutput {
-            images: (0..job.num_images).map(|_| RgbImage::from_pixel(w, h, Rgb(self.color))).collect(),
+            images: (0..job.num_images)
+                .map(|_| RgbImage::from_pixel(w, h, Rgb(self.color)))
+                .collect(),
             seeds: (0..job.num_images as u64).map(|i| job.seed + i).collect(),
             width: w,
             height: h,
@@ -84,18 +110,32 @@ pub fn config(dir: &std::path::Path) -> ServeConfig {
     cfg
 }
 
-pub async fn start_with(loader: PipelineLoader, tweak: impl FnOnce(&mut ServeConfig)) -> TestServer {
+pub async fn start_with(
+    loader: PipelineLoader,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     start_in(dir, loader, tweak).await
 }
 
-pub async fn start_in(dir: tempfile::TempDir, loader: PipelineLoader, tweak: impl FnOnce(&mut ServeConfig)) -> TestServer {
+pub async fn start_in(
+    dir: tempfile::TempDir,
+    loader: PipelineLoader,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> TestServer {
     let mut cfg = config(dir.path());
     tweak(&mut cfg);
-    let server = editd::api::serve_with(cfg, loader).await.expect("server starts");
+    let server = editd::api::serve_with(cfg, loader)
+        .await
+        .expect("server starts");
     let base = format!("http://{}", server.local_addr());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    TestServer { server: Some(server), base, http, dir }
+    TestServer {
+        server: Some(server),
+        base,
+        http,
+        dir,
+    }
 }
 
 pub async fn start(p: SolidPipeline) -> TestServer {
@@ -105,7 +145,10 @@ pub async fn start(p: SolidPipeline) -> TestServer {
 /// A small PNG as a data: URI.
 pub fn png_data_uri(w: u32, h: u32) -> String {
     use base64::Engine as _;
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png_bytes(w, h)))
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png_bytes(w, h))
+    )
 }
 
 pub fn png_bytes(w: u32, h: u32) -> Vec<u8> {
@@ -125,11 +168,22 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http.post(self.url(path)).bearer_auth(KEY).json(body).send().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).bearer_auth(KEY).send().await.unwrap()
+        self.http
+            .get(self.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Creates a run on the served model and returns the run object (asserting 201).
@@ -155,15 +209,30 @@ impl TestServer {
             if want.contains(&v["status_code"].as_str().unwrap()) {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "run {id} still {} after {timeout:?}: {v}", v["status_code"]);
+            assert!(
+                start.elapsed() < timeout,
+                "run {id} still {} after {timeout:?}: {v}",
+                v["status_code"]
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn wait_ready(&self) {
         let start = Instant::now();
-        while self.http.get(self.url("/v1/readiness")).send().await.unwrap().status() != 200 {
-            assert!(start.elapsed() < Duration::from_secs(10), "server never became ready");
+        while self
+            .http
+            .get(self.url("/v1/readiness"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "server never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -180,7 +249,11 @@ impl TestServer {
 /// Asserts an error envelope with `code` and a JSON content type; returns the body.
 pub async fn assert_envelope(r: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(r.status().as_u16(), status, "status");
-    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     assert!(ct.starts_with("application/json"), "content-type {ct:?}");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], code, "{v}");

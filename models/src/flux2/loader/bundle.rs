@@ -26,6 +26,12 @@ pub struct Flux2Klein {
 }
 
 impl Flux2Klein {
+    /// Parses `source` ([`ModelSource::parse`]: folder, `.safetensors` transformer beside a
+    /// diffusers folder, or `owner/name[@rev]`) and loads it with default [`HubOptions`].
+    pub fn open(source: &str, opts: &LoadOptions) -> Result<Self> {
+        Self::load(&ModelSource::parse(source)?, opts)
+    }
+
     /// Resolves `source` with default [`HubOptions`] and loads every component.
     pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
         Self::load_with_hub(source, &HubOptions::default(), opts)

@@ -108,14 +108,15 @@ impl Qwen3Config {
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return unsupported("rope_scaling is set (only plain RoPE)".into());
         }
-        if self.num_attention_heads == 0 || self.num_attention_heads % self.num_kv_heads() != 0 {
+        if self.num_kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.num_kv_heads())
+        {
             return unsupported(format!(
                 "num_attention_heads {} not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.num_kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return unsupported(format!("odd head_dim {}", self.head_dim()));
         }
         Ok(())

@@ -286,7 +286,7 @@ mod tests {
         )
         .unwrap();
         let out = t.render_user_prompt("p", &[]).unwrap();
-        assert_eq!(out, "cd|true|q\n|{\"a\": 1}|[1, \"é\"]");
+        assert_eq!(out, "cd|True|q\n|{\"a\": 1}|[1, \"é\"]");
     }
 
     #[test]
