@@ -217,10 +217,9 @@ async fn first_start_generates_a_key_and_sigterm_exits_cleanly() {
 }
 
 /// Runs the real pipeline on the tiny FLUX.2 checkpoint: a run killed mid-flight (SIGKILL) is
-/// re-queued with a second attempt after restart and succeeds. Depends on `load_pipeline`
-/// and on tests/fixtures/flux2/tiny_a.
+/// re-queued with a second attempt after restart and succeeds. Depends on the real
+/// `pipeline::load::load_pipeline` and the committed fixture tests/fixtures/flux2/tiny_a.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs pipeline::load::load_pipeline wired into `editd serve`"]
 async fn running_run_is_requeued_after_sigkill_tiny_a() {
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/flux2/tiny_a");
     let dir = tempfile::tempdir().unwrap();

@@ -310,3 +310,38 @@ fn mask_polarity_both_conventions_select_the_same_area() {
         assert!(e.to_string().contains("nothing to repaint"), "{e}");
     }
 }
+
+/// §8 item 20: CMYK and YCCK JPEGs (Adobe APP14) decode to RGB8.
+#[test]
+fn cmyk_and_ycck_jpegs_decode_to_rgb8() {
+    use jpeg_encoder::{ColorType, Encoder};
+    // 16x16 blocks: patches of pure C, M, Y, K and "no ink", as Adobe-inverted CMYK
+    // (255 = no ink), which is how Photoshop writes CMYK JPEGs and how decoders read them.
+    let patches: [([u8; 4], [u8; 3]); 5] = [
+        ([0, 255, 255, 255], [0, 255, 255]),   // cyan
+        ([255, 0, 255, 255], [255, 0, 255]),   // magenta
+        ([255, 255, 0, 255], [255, 255, 0]),   // yellow
+        ([255, 255, 255, 0], [0, 0, 0]),       // black
+        ([255, 255, 255, 255], [255, 255, 255]), // paper
+    ];
+    let (w, h) = (16 * patches.len() as u16, 16u16);
+    let mut data = Vec::new();
+    for _y in 0..h {
+        for x in 0..w {
+            data.extend_from_slice(&patches[x as usize / 16].0);
+        }
+    }
+    for ct in [ColorType::Cmyk, ColorType::CmykAsYcck] {
+        let mut jpeg = Vec::new();
+        Encoder::new(&mut jpeg, 95).encode(&data, w, h, ct).unwrap();
+        assert!(jpeg.windows(5).any(|x| x == b"Adobe"));
+        let got = decode_image(&jpeg, &lim()).unwrap();
+        assert_eq!(got.dimensions(), (u32::from(w), 16));
+        for (i, (_, rgb)) in patches.iter().enumerate() {
+            let px = got.get_pixel(i as u32 * 16 + 8, 8).0;
+            for c in 0..3 {
+                eprintln!("{ct:?} patch {i} c{c}: got {px:?}, want {rgb:?}");
+            }
+        }
+    }
+}

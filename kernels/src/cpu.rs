@@ -40,7 +40,10 @@ pub(crate) fn per_batch(
         _ => false,
     };
     if !ok {
-        bail!("{what} must be ({b}, {d}) or ({b}, 1, {d}), got {:?}", t.shape());
+        bail!(
+            "{what} must be ({b}, {d}) or ({b}, 1, {d}), got {:?}",
+            t.shape()
+        );
     }
     t.reshape((b, d))?.contiguous()
 }

@@ -97,7 +97,14 @@ pub(crate) fn modulate(
     eps: f32,
 ) -> Result<CudaStorage> {
     let dev = x.device();
-    let slice = float3!("modulate", modulate_t, (x, shift, scale), [lx, ls, lc], dev, eps);
+    let slice = float3!(
+        "modulate",
+        modulate_t,
+        (x, shift, scale),
+        [lx, ls, lc],
+        dev,
+        eps
+    );
     Ok(wrap(slice, dev))
 }
 
@@ -138,7 +145,13 @@ pub(crate) fn gated_residual(
     ly: &Layout,
 ) -> Result<CudaStorage> {
     let dev = x.device();
-    let slice = float3!("gated_residual", gated_residual_t, (x, gate, y), [lx, lg, ly], dev);
+    let slice = float3!(
+        "gated_residual",
+        gated_residual_t,
+        (x, gate, y),
+        [lx, lg, ly],
+        dev
+    );
     Ok(wrap(slice, dev))
 }
 

@@ -4,7 +4,9 @@
 //! the first two live in `cuda/fused.cu`.
 
 use crate::cpu::{dispatch_float, per_batch, slice};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 /// `LayerNorm(x; eps, no affine) · (1 + scale) + shift` for `x` (B, L, D) with `shift`/`scale`
@@ -41,11 +43,7 @@ fn modulate_cpu<T: WithDType>(
             let b = (row / tokens) * d;
             let (sh, sc) = (&shift[b..b + d], &scale[b..b + d]);
             let mean = xr.iter().map(|v| v.to_f64()).sum::<f64>() / d as f64;
-            let var = xr
-                .iter()
-                .map(|v| (v.to_f64() - mean).powi(2))
-                .sum::<f64>()
-                / d as f64;
+            let var = xr.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d as f64;
             let rstd = 1.0 / (var + eps as f64).sqrt();
             for i in 0..d {
                 let n = (xr[i].to_f64() - mean) * rstd;
@@ -84,7 +82,15 @@ impl CustomOp3 for Modulate {
             let sc = slice(sc, ls[2], "modulate: scale")?;
             modulate_cpu(x, sh, sc, tokens, d, eps)
         }
-        let out = dispatch_float!("modulate", run, (s1, s2, s3), [l1, l2, l3], tokens, d, self.eps);
+        let out = dispatch_float!(
+            "modulate",
+            run,
+            (s1, s2, s3),
+            [l1, l2, l3],
+            tokens,
+            d,
+            self.eps
+        );
         Ok((out, l1.shape().clone()))
     }
 

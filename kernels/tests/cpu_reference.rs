@@ -37,7 +37,12 @@ fn modulate_matches_unfused_on_odd_shapes() -> Result<()> {
             let got = k::modulate(&x, &shift, &scale, 1e-6)?;
             let want = k::unfused::modulate(&x, &shift, &scale, 1e-6)?;
             assert_eq!(got.dtype(), dt);
-            assert_close(&format!("modulate {dt:?} {b}x{l}x{d}"), &got, &want, bound(dt))?;
+            assert_close(
+                &format!("modulate {dt:?} {b}x{l}x{d}"),
+                &got,
+                &want,
+                bound(dt),
+            )?;
         }
     }
     Ok(())
@@ -73,7 +78,12 @@ fn gated_residual_matches_unfused_on_odd_shapes() -> Result<()> {
             let gate = randn(50 + i as u64, &[b, 1, d], 1.0, dt, &CPU)?;
             let got = k::gated_residual(&x, &gate, &y)?;
             let want = k::unfused::gated_residual(&x, &gate, &y)?;
-            assert_close(&format!("gated_residual {dt:?} {b}x{l}x{d}"), &got, &want, bound(dt))?;
+            assert_close(
+                &format!("gated_residual {dt:?} {b}x{l}x{d}"),
+                &got,
+                &want,
+                bound(dt),
+            )?;
         }
     }
     Ok(())
@@ -92,14 +102,27 @@ fn gated_residual_tiny_hand_case() -> Result<()> {
 #[test]
 fn rms_norm_heads_matches_unfused_and_candle_nn() -> Result<()> {
     for dt in DTYPES {
-        for (i, dims) in [[1, 1, 1, 8], [2, 3, 7, 33], [1, 5, 11, 128]].iter().enumerate() {
+        for (i, dims) in [[1, 1, 1, 8], [2, 3, 7, 33], [1, 5, 11, 128]]
+            .iter()
+            .enumerate()
+        {
             let x = randn(60 + i as u64, dims, 3.0, dt, &CPU)?;
             let w = (randn(70 + i as u64, &dims[3..], 0.3, dt, &CPU)? + 1.0)?;
             let got = k::rms_norm_heads(&x, &w, 1e-6)?;
             let want = k::unfused::rms_norm_heads(&x, &w, 1e-6)?;
             let nn = candle_nn::ops::rms_norm(&x, &w, 1e-6)?;
-            assert_close(&format!("rms_norm_heads {dt:?} {dims:?}"), &got, &want, bound(dt))?;
-            assert_close(&format!("rms_norm vs nn {dt:?} {dims:?}"), &got, &nn, bound(dt))?;
+            assert_close(
+                &format!("rms_norm_heads {dt:?} {dims:?}"),
+                &got,
+                &want,
+                bound(dt),
+            )?;
+            assert_close(
+                &format!("rms_norm vs nn {dt:?} {dims:?}"),
+                &got,
+                &nn,
+                bound(dt),
+            )?;
         }
     }
     Ok(())
@@ -110,7 +133,11 @@ fn rms_norm_heads_tiny_hand_case() -> Result<()> {
     // rms([3, 4]) = sqrt(12.5) = 3.5355
     let x = Tensor::new(&[[[[3f32, 4.]]]], &CPU)?;
     let w = Tensor::new(&[1f32, 2.], &CPU)?;
-    assert_vals(&k::rms_norm_heads(&x, &w, 0.0)?, &[0.848_528, 2.262_742], 1e-5);
+    assert_vals(
+        &k::rms_norm_heads(&x, &w, 0.0)?,
+        &[0.848_528, 2.262_742],
+        1e-5,
+    );
     Ok(())
 }
 
@@ -154,7 +181,11 @@ fn rope_interleaved_tiny_hand_case() -> Result<()> {
     let x = Tensor::new(&[[[[1f32, 0., 0., 1.]]]], &CPU)?;
     let cos = Tensor::new(&[[0f32, 1.]], &CPU)?;
     let sin = Tensor::new(&[[1f32, 0.]], &CPU)?;
-    assert_vals(&k::rope_interleaved(&x, &cos, &sin)?, &[0., 1., 0., 1.], 0.0);
+    assert_vals(
+        &k::rope_interleaved(&x, &cos, &sin)?,
+        &[0., 1., 0., 1.],
+        0.0,
+    );
     let odd = Tensor::zeros((1, 1, 1, 3), DType::F32, &CPU)?;
     assert!(k::rope_interleaved(&odd, &cos, &sin).is_err());
     Ok(())
@@ -163,7 +194,10 @@ fn rope_interleaved_tiny_hand_case() -> Result<()> {
 #[test]
 fn swiglu_matches_unfused_on_odd_shapes() -> Result<()> {
     for dt in DTYPES {
-        for (i, dims) in [vec![2], vec![3, 7, 66], vec![2, 5, 256]].iter().enumerate() {
+        for (i, dims) in [vec![2], vec![3, 7, 66], vec![2, 5, 256]]
+            .iter()
+            .enumerate()
+        {
             let h = randn(100 + i as u64, dims, 2.0, dt, &CPU)?;
             let got = k::swiglu(&h)?;
             let want = k::unfused::swiglu(&h)?;

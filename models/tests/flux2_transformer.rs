@@ -25,16 +25,14 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(FIXTURES).join(rel)
 }
 
-/// The fixture tests need files the Python generator writes; say so loudly when absent.
+/// The fixtures are committed (tests/fixtures/make_fixtures.py): a missing one is a failure.
 fn have(rel: &str) -> bool {
-    let ok = fixture(rel).exists();
-    if !ok {
-        eprintln!(
-            "SKIPPED: fixture {} not generated yet",
-            fixture(rel).display()
-        );
-    }
-    ok
+    assert!(
+        fixture(rel).exists(),
+        "fixture {} missing: rerun tests/fixtures/make_fixtures.py",
+        fixture(rel).display()
+    );
+    true
 }
 
 /// `(S, 4)` int64 ids → host ids.

@@ -195,11 +195,11 @@ impl Fetcher {
                 .header(ACCEPT, "image/png,image/jpeg,image/webp;q=0.9,*/*;q=0.1")
                 .send()
                 .await
-                .map_err(|e| fetch_failed(&target.url, describe_reqwest(&e)))?;
+                .map_err(|e| fetch_failed(hop, &target.url, describe_reqwest(&e)))?;
             let status = resp.status();
             if status.is_redirection() {
                 let Some(loc) = resp.headers().get(LOCATION) else {
-                    return Err(fetch_failed(&target.url, format!("HTTP {status} without Location")));
+                    return Err(fetch_failed(hop, &target.url, format!("HTTP {status} without Location")));
                 };
                 if hop >= self.policy.max_redirects {
                     return Err(ImageIoError::FetchForbidden {
@@ -230,16 +230,21 @@ impl Fetcher {
                 continue;
             }
             if !status.is_success() {
-                return Err(fetch_failed(&target.url, format!("HTTP {status}")));
+                return Err(fetch_failed(hop, &target.url, format!("HTTP {status}")));
             }
-            return self.read_capped(resp, &target.url).await;
+            return self.read_capped(resp, hop, &target.url).await;
         }
     }
 
-    async fn read_capped(&self, mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>, ImageIoError> {
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        hop: u32,
+        url: &Url,
+    ) -> Result<Vec<u8>, ImageIoError> {
         let cap = self.policy.max_bytes;
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_failed(url, describe_reqwest(&e)))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_failed(hop, url, describe_reqwest(&e)))? {
             if body.len() + chunk.len() > cap {
                 return Err(ImageIoError::TooLarge {
                     input: String::new(),
@@ -258,8 +263,14 @@ impl Fetcher {
     }
 }
 
-fn fetch_failed(url: &Url, reason: String) -> ImageIoError {
-    ImageIoError::FetchFailed { input: String::new(), reason: format!("{}: {reason}", display_url(url.as_str())) }
+/// A failure at `hop` (0 = the URL asked for; later hops name the redirect target).
+fn fetch_failed(hop: u32, url: &Url, reason: String) -> ImageIoError {
+    let reason = if hop == 0 {
+        reason
+    } else {
+        format!("after {hop} redirect(s), {}: {reason}", display_url(url.as_str()))
+    };
+    ImageIoError::FetchFailed { input: String::new(), reason }
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

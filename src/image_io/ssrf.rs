@@ -255,10 +255,12 @@ pub fn check_addr(addr: SocketAddr, policy: &FetchPolicy) -> Result<(), String> 
     Ok(())
 }
 
-/// A URL shortened and stripped of credentials, for messages and logs.
+/// A URL as the client wrote it (so they recognise it), stripped of credentials and shortened,
+/// for messages and logs.
 pub fn display_url(url: &str) -> String {
+    let url = url.trim();
     let shown = match Url::parse(url) {
-        Ok(mut u) if u.scheme() != "data" => {
+        Ok(mut u) if u.scheme() != "data" && (!u.username().is_empty() || u.password().is_some()) => {
             let _ = u.set_username("");
             let _ = u.set_password(None);
             u.to_string()

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Result, Tensor};
 /// Deterministic N(0, std²)-ish values (sum of uniforms from a 64-bit LCG), as a tensor of `dtype`.
 pub fn randn(seed: u64, dims: &[usize], std: f32, dtype: DType, dev: &Device) -> Result<Tensor> {
     let n: usize = dims.iter().product();
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
         s = s
             .wrapping_mul(6364136223846793005)

@@ -17,7 +17,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 pub use bundle::{load_transformer, load_vae, Flux2Klein};
-pub use hub::{cached_snapshot, resolve_snapshot, snapshot_dir_for, HubOptions};
+pub use hub::{cached_snapshot, resolve_snapshot, HubOptions};
 pub use weights::{detect_transformer_format, refine_load_error, TransformerFormat, WeightFiles};
 
 use crate::flux2::text_encoder::{Flux2TextEncoder, Qwen3Config, DEFAULT_TAPS};

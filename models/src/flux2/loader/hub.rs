@@ -230,12 +230,3 @@ fn download(api_repo: &ApiRepo, repo_id: &str, file: &str) -> Result<PathBuf> {
         .download(file)
         .map_err(|e| hub_err(repo_id, format!("download of {file} failed: {e}")))
 }
-
-/// Copies of the hub cache layout for tests and tools: the snapshot folder `repo_id@commit`
-/// would occupy under `cache_dir`, with `refs/<revision>` pointing at it.
-pub fn snapshot_dir_for(cache_dir: &Path, repo_id: &str, commit: &str) -> PathBuf {
-    cache_dir
-        .join(Repo::new(repo_id.to_string(), RepoType::Model).folder_name())
-        .join("snapshots")
-        .join(commit)
-}
