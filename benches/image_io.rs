@@ -35,8 +35,12 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("image_io_1mp");
     g.throughput(Throughput::Elements(1024 * 1024));
     g.sample_size(20);
-    g.bench_function("decode_jpeg", |b| b.iter(|| decode_image(black_box(&jpeg), &limits).unwrap()));
-    g.bench_function("decode_png", |b| b.iter(|| decode_image(black_box(&png), &limits).unwrap()));
+    g.bench_function("decode_jpeg", |b| {
+        b.iter(|| decode_image(black_box(&jpeg), &limits).unwrap())
+    });
+    g.bench_function("decode_png", |b| {
+        b.iter(|| decode_image(black_box(&png), &limits).unwrap())
+    });
     g.bench_function("resize_lanczos3_to_0.5mp", |b| {
         b.iter(|| resize(black_box(&img), 724, 724, FilterType::Lanczos3))
     });

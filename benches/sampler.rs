@@ -19,7 +19,12 @@ impl StepCtx for Quiet {
 }
 
 fn config() -> PipelineConfig {
-    PipelineConfig { model: FIXTURE.into(), device: "cpu".into(), dtype: Some("f32".into()) }
+    PipelineConfig {
+        model: FIXTURE.into(),
+        device: "cpu".into(),
+        dtype: Some("f32".into()),
+        offline: true,
+    }
 }
 
 fn bench_step(c: &mut Criterion) {

@@ -111,6 +111,7 @@ pub fn execute(args: &EditArgs) -> Result<EditOutput, EditCliError> {
         model: args.model.clone(),
         device: args.device.clone(),
         dtype: args.dtype.clone(),
+        offline: args.offline,
     })?;
     let defaults = pipeline.defaults();
     let seed = args.seed.unwrap_or_else(rand::random);

@@ -19,6 +19,10 @@ pub const DEFAULT_ALIAS: &str = "openai/gpt-image-2/edit";
 #[derive(Debug, Parser)]
 #[command(name = "editd", version, about)]
 pub struct Cli {
+    /// Log filter for stderr (tracing `EnvFilter` syntax), e.g. `info` or `editd=debug,warn`.
+    #[arg(long, env = "EDITD_LOG", default_value = "info", global = true)]
+    pub log: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -84,6 +88,10 @@ pub struct ServeArgs {
     #[arg(long, env = "EDITD_DEVICE", default_value = "auto")]
     pub device: String,
 
+    /// Never touch the network: hub ids resolve from the local Hugging Face cache only.
+    #[arg(long, env = "EDITD_OFFLINE")]
+    pub offline: bool,
+
     /// Weight dtype override (`bf16`, `f16`, `f32`); default: the model's choice for the device.
     #[arg(long, env = "EDITD_DTYPE")]
     pub dtype: Option<String>,
@@ -144,6 +152,7 @@ pub struct ServeConfig {
     pub api_keys: Vec<String>,
     pub device: String,
     pub dtype: Option<String>,
+    pub offline: bool,
     pub max_queue: u64,
     pub max_attempts: u32,
     pub shutdown_timeout: Duration,
@@ -168,6 +177,7 @@ impl ServeConfig {
             api_keys: Vec::new(),
             device: "auto".into(),
             dtype: None,
+            offline: false,
             max_queue: 1000,
             max_attempts: 3,
             shutdown_timeout: Duration::from_secs(60),
@@ -242,6 +252,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             api_keys: a.api_keys,
             device: a.device,
             dtype: a.dtype,
+            offline: a.offline,
             max_queue: a.max_queue,
             max_attempts: a.max_attempts,
             shutdown_timeout: Duration::from_secs(a.shutdown_timeout_secs),
@@ -289,6 +300,43 @@ mod tests {
         assert!(valid_api_key("editd_0123abc"));
         assert!(!valid_api_key("editd-key"));
         assert!(!valid_api_key(""));
+    }
+
+    #[test]
+    fn serve_flags_validate_into_a_config() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Serve(a) => ServeConfig::try_from(a),
+            _ => unreachable!(),
+        };
+        let cfg = parse(&[
+            "editd",
+            "serve",
+            "--port",
+            "0",
+            "--api-key",
+            "editd_a",
+            "--api-key",
+            "editd_b",
+            "--public-url",
+            "https://x.example/",
+        ])
+        .unwrap();
+        assert_eq!(cfg.api_keys, ["editd_a", "editd_b"]);
+        assert_eq!(cfg.public_url.as_deref(), Some("https://x.example"));
+        assert_eq!(cfg.model_id, DEFAULT_MODEL);
+        assert_eq!(cfg.model_aliases, [DEFAULT_ALIAS]);
+        assert!(matches!(
+            parse(&["editd", "serve", "--api-key", "has-dash"]),
+            Err(ConfigError::BadApiKey)
+        ));
+        assert!(matches!(
+            parse(&["editd", "serve", "--device", "gpu"]),
+            Err(ConfigError::BadDevice(_))
+        ));
+        assert!(matches!(
+            parse(&["editd", "serve", "--public-url", "ftp://x"]),
+            Err(ConfigError::BadPublicUrl(_))
+        ));
     }
 
     #[test]
@@ -358,6 +406,9 @@ pub struct EditArgs {
     /// Weights dtype: f32, bf16 or f16 (default f32 on CPU, bf16 on GPU).
     #[arg(long, env = "EDITD_DTYPE")]
     pub dtype: Option<String>,
+    /// Resolve hub ids from the local Hugging Face cache only, never the network.
+    #[arg(long, env = "HF_HUB_OFFLINE")]
+    pub offline: bool,
     /// Output file; the format follows the extension (png, jpg/jpeg, webp).
     #[arg(long)]
     pub out: std::path::PathBuf,

@@ -10,4 +10,4 @@ pub mod config;
 pub mod engine;
 pub mod image_io;
 pub mod pipeline;
-pub mod runs;
+pub(crate) mod runs;

@@ -7,14 +7,16 @@ use editd::engine::PipelineLoader;
 use editd::pipeline::load::{load_pipeline, PipelineConfig};
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let log = cli.log;
+    match cli.command {
         Command::Serve(args) => {
-            init_tracing();
+            init_tracing(&log);
             let cfg = ServeConfig::try_from(args)?;
             tokio::runtime::Runtime::new()?.block_on(serve(cfg))
         }
         Command::Edit(args) => {
-            init_tracing();
+            init_tracing(&log);
             editd::cli_edit::run(&args)?;
             Ok(())
         }
@@ -25,9 +27,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("EDITD_LOG").unwrap_or_else(|_| "info".into());
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -40,6 +41,7 @@ fn pipeline_loader(cfg: &ServeConfig) -> PipelineLoader {
         model: cfg.model.clone(),
         device: cfg.device.clone(),
         dtype: cfg.dtype.clone(),
+        offline: cfg.offline,
     };
     Box::new(move || load_pipeline(&pc))
 }

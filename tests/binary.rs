@@ -34,6 +34,8 @@ struct Proc {
     child: Child,
     base: String,
     stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Stdout after the listening line (must stay empty).
+    stdout_rest: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// Starts `editd serve` on port 0 and reads the port from its one stdout line.
@@ -67,9 +69,10 @@ async fn spawn(data: &Path, model: &str, extra: &[&str]) -> Proc {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let (out_tx, stdout_rest) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(l)) = out.next_line().await {
-            panic!("editd printed a second stdout line: {l:?}");
+            let _ = out_tx.send(l);
         }
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -83,6 +86,7 @@ async fn spawn(data: &Path, model: &str, extra: &[&str]) -> Proc {
         child,
         base,
         stderr_lines: rx,
+        stdout_rest,
     }
 }
 
@@ -92,7 +96,7 @@ fn http() -> reqwest::Client {
 
 fn png_data_uri() -> String {
     use base64::Engine as _;
-    let img = image::RgbImage::from_pixel(32, 32, image::Rgb([1, 2, 3]));
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 20, 20]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     format!(
@@ -199,6 +203,8 @@ async fn first_start_generates_a_key_and_sigterm_exits_cleanly() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(p.stdout_rest.try_recv().is_err(), "exactly one stdout line");
     assert!(t0.elapsed() < Duration::from_secs(10));
 
     // The second start prints no key and accepts the stored one.
@@ -240,7 +246,7 @@ async fn running_run_is_requeued_after_sigkill_tiny_a() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let id = create(&c, &p.base, KEY, 50).await["id"]
+    let id = create(&c, &p.base, KEY, 100).await["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -28,12 +28,17 @@ fn png_declaring_100000x100000_is_refused_from_header_with_small_rss_growth() {
     let after = rss_kib();
 
     // Even with limits wide open on side length, the pixel cap and decoder budget refuse it.
-    let wide = DecodeLimits { max_side: u32::MAX, ..DecodeLimits::default() };
+    let wide = DecodeLimits {
+        max_side: u32::MAX,
+        ..DecodeLimits::default()
+    };
     let e = decode_image(&bomb, &wide).unwrap_err();
     assert_eq!(e.code(), "IMAGE_TOO_LARGE", "{e}");
     let after_wide = rss_kib();
 
-    if let (Some((rss0, hwm0)), Some((rss1, hwm1)), Some((rss2, hwm2))) = (before, after, after_wide) {
+    if let (Some((rss0, hwm0)), Some((rss1, hwm1)), Some((rss2, hwm2))) =
+        (before, after, after_wide)
+    {
         let growth = rss1.saturating_sub(rss0);
         let peak_growth = hwm2.saturating_sub(hwm0);
         eprintln!(
@@ -41,7 +46,10 @@ fn png_declaring_100000x100000_is_refused_from_header_with_small_rss_growth() {
              (peak growth {peak_growth} KiB); after wide-limits attempt RSS {rss2} KiB"
         );
         assert!(growth < 50 * 1024, "RSS grew by {growth} KiB");
-        assert!(peak_growth < 50 * 1024, "peak RSS grew by {peak_growth} KiB");
+        assert!(
+            peak_growth < 50 * 1024,
+            "peak RSS grew by {peak_growth} KiB"
+        );
         let _ = hwm1;
     }
 }

@@ -35,7 +35,10 @@ fn encode_round_trips_without_metadata() {
     let upright = gradient(40, 24);
     // An input carrying EXIF (orientation 6) in a JPEG: the output must not carry it.
     let stored = image::imageops::rotate270(&upright);
-    let tagged = jpeg_with_orientation(&encode(&DynamicImage::ImageRgb8(stored), ImageFormat::Jpeg), 6);
+    let tagged = jpeg_with_orientation(
+        &encode(&DynamicImage::ImageRgb8(stored), ImageFormat::Jpeg),
+        6,
+    );
     let decoded = decode_image(&tagged, &DecodeLimits::default()).unwrap();
     assert_eq!(decoded.dimensions(), (40, 24));
     let png_in = png_rgb_with_orientation(&upright, 1);
@@ -44,14 +47,25 @@ fn encode_round_trips_without_metadata() {
     for fmt in [OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Webp] {
         for src in [&decoded, &exact] {
             let bytes = encode_image(src, fmt, None).unwrap();
-            assert!(!contains(&bytes, b"Exif"), "{fmt}: output has an Exif block");
-            assert!(!contains(&bytes, b"eXIf"), "{fmt}: output has an eXIf chunk");
+            assert!(
+                !contains(&bytes, b"Exif"),
+                "{fmt}: output has an Exif block"
+            );
+            assert!(
+                !contains(&bytes, b"eXIf"),
+                "{fmt}: output has an eXIf chunk"
+            );
             assert!(!contains(&bytes, b"GPS"), "{fmt}");
             let back = decode_image(&bytes, &DecodeLimits::default()).unwrap();
             assert_eq!(back.dimensions(), src.dimensions(), "{fmt}");
             match fmt {
                 OutputFormat::Jpeg => {
-                    let err: f64 = back.as_raw().iter().zip(src.as_raw()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum::<f64>()
+                    let err: f64 = back
+                        .as_raw()
+                        .iter()
+                        .zip(src.as_raw())
+                        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+                        .sum::<f64>()
                         / src.as_raw().len() as f64;
                     assert!(err < 8.0, "jpeg mean abs error {err}");
                 }
@@ -63,7 +77,12 @@ fn encode_round_trips_without_metadata() {
     let big = gradient(256, 256);
     let q95 = encode_image(&big, OutputFormat::Jpeg, Some(95)).unwrap();
     let q30 = encode_image(&big, OutputFormat::Jpeg, Some(30)).unwrap();
-    assert!(q30.len() < q95.len(), "q30 {} >= q95 {}", q30.len(), q95.len());
+    assert!(
+        q30.len() < q95.len(),
+        "q30 {} >= q95 {}",
+        q30.len(),
+        q95.len()
+    );
     assert!(encode_image(&big, OutputFormat::Jpeg, Some(0)).is_ok()); // clamped to 1
 }
 
@@ -82,7 +101,10 @@ fn data_uri_edge_cases() {
     let max = 1 << 20;
     let ok = format!("data:image/png;base64,{}", b64(&png));
     let (mime, bytes) = parse_data_uri(&ok, max).unwrap();
-    assert_eq!((mime.as_str(), bytes.as_slice()), ("image/png", png.as_slice()));
+    assert_eq!(
+        (mime.as_str(), bytes.as_slice()),
+        ("image/png", png.as_slice())
+    );
     assert!(decode_image(&bytes, &DecodeLimits::default()).is_ok());
 
     // case-insensitive scheme/type/marker, params before ;base64, surrounding whitespace
@@ -91,13 +113,30 @@ fn data_uri_edge_cases() {
         format!("  data:image/png;name=x.png;base64,{}\n", b64(&png)),
         format!("data:image/png ; base64,{}", b64(&png)),
         // MIME line breaks / spaces inside the payload
-        format!("data:image/png;base64,{}", b64(&png).as_bytes().chunks(10).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\r\n ")),
+        format!(
+            "data:image/png;base64,{}",
+            b64(&png)
+                .as_bytes()
+                .chunks(10)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\r\n ")
+        ),
         // unpadded
         format!("data:image/png;base64,{}", b64(&png).trim_end_matches('=')),
         // URL-safe alphabet
-        format!("data:image/png;base64,{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&png)),
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&png)
+        ),
         // percent-encoded characters
-        format!("data:image/png;base64,{}", b64(&png).replace('+', "%2B").replace('/', "%2f").replace('=', "%3D")),
+        format!(
+            "data:image/png;base64,{}",
+            b64(&png)
+                .replace('+', "%2B")
+                .replace('/', "%2f")
+                .replace('=', "%3D")
+        ),
     ];
     for v in &variants {
         let (mime, bytes) = parse_data_uri(v, max).unwrap_or_else(|e| panic!("{v:.60}: {e}"));
@@ -105,17 +144,29 @@ fn data_uri_edge_cases() {
         assert_eq!(bytes, png, "{v:.60}");
     }
     // Any image/* subtype parses (the bytes are sniffed later); the sniffer rules the format.
-    let (mime, _) = parse_data_uri(&format!("data:image/tiff;base64,{}", b64(b"II*\0")), max).unwrap();
+    let (mime, _) =
+        parse_data_uri(&format!("data:image/tiff;base64,{}", b64(b"II*\0")), max).unwrap();
     assert_eq!(mime, "image/tiff");
-    assert_eq!(decode_image(b"II*\0", &DecodeLimits::default()).unwrap_err().code(), "UNSUPPORTED_FORMAT");
+    assert_eq!(
+        decode_image(b"II*\0", &DecodeLimits::default())
+            .unwrap_err()
+            .code(),
+        "UNSUPPORTED_FORMAT"
+    );
 
     let bad: &[(&str, &str)] = &[
         ("data:text/plain;base64,aGVsbG8=", "INVALID_DATA_URI"),
-        ("data:application/octet-stream;base64,aGVsbG8=", "INVALID_DATA_URI"),
+        (
+            "data:application/octet-stream;base64,aGVsbG8=",
+            "INVALID_DATA_URI",
+        ),
         ("data:;base64,aGVsbG8=", "INVALID_DATA_URI"),
         ("data:image/;base64,aGVsbG8=", "INVALID_DATA_URI"),
         ("data:image/png,rawbytes", "INVALID_DATA_URI"),
-        ("data:image/png;base64;charset=x,aGVsbG8=", "INVALID_DATA_URI"),
+        (
+            "data:image/png;base64;charset=x,aGVsbG8=",
+            "INVALID_DATA_URI",
+        ),
         ("data:image/png;base64,", "INVALID_DATA_URI"),
         ("data:image/png;base64,a", "INVALID_DATA_URI"),
         ("data:image/png;base64,aGV*sbG8=", "INVALID_DATA_URI"),
@@ -188,7 +239,10 @@ fn write_atomic_replaces_whole_files_and_leaves_no_temp() {
     assert_eq!(std::fs::read(&path).unwrap(), b"first");
     write_atomic(&path, b"second, longer").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     // Missing directory → error, nothing created.
     assert!(write_atomic(&dir.join("missing/out.png"), b"x").is_err());

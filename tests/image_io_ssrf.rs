@@ -13,36 +13,104 @@ fn public(s: &str) -> bool {
 #[test]
 fn fixed_vectors() {
     for s in [
-        "0.0.0.0", "0.1.2.3", "10.0.0.1", "100.64.0.1", "100.127.255.255", "127.0.0.1",
-        "127.255.255.254", "169.254.169.254", "169.254.0.1", "172.16.0.1", "172.31.255.255",
-        "192.0.0.1", "192.0.2.1", "192.88.99.1", "192.168.1.1", "198.18.0.1", "198.19.255.255",
-        "198.51.100.1", "203.0.113.7", "224.0.0.1", "239.255.255.250", "240.0.0.1",
-        "255.255.255.255", "::", "::1", "fc00::1", "fd00:ec2::254", "fe80::1", "fec0::1",
-        "ff02::1", "2001:db8::1", "100::1", "64:ff9b:1::1", "2001:2::1", "2001:10::1",
-        "3fff::1", "5f00::1", "::ffff:127.0.0.1", "::ffff:7f00:1", "::127.0.0.1",
-        "::ffff:0:10.0.0.1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "2002:7f00:1::",
-        "2002:a00:1::1", "2002:c0a8:101::1", "2001:0:4136:e378:8000:63bf:80ff:fffe",
-        "2001:0:7f00:1:0:0:f7f7:f7f7", "1::1", "4000::1",
+        "0.0.0.0",
+        "0.1.2.3",
+        "10.0.0.1",
+        "100.64.0.1",
+        "100.127.255.255",
+        "127.0.0.1",
+        "127.255.255.254",
+        "169.254.169.254",
+        "169.254.0.1",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.0.0.1",
+        "192.0.2.1",
+        "192.88.99.1",
+        "192.168.1.1",
+        "198.18.0.1",
+        "198.19.255.255",
+        "198.51.100.1",
+        "203.0.113.7",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "fc00::1",
+        "fd00:ec2::254",
+        "fe80::1",
+        "fec0::1",
+        "ff02::1",
+        "2001:db8::1",
+        "100::1",
+        "64:ff9b:1::1",
+        "2001:2::1",
+        "2001:10::1",
+        "3fff::1",
+        "5f00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:7f00:1",
+        "::127.0.0.1",
+        "::ffff:0:10.0.0.1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::7f00:1",
+        "2002:7f00:1::",
+        "2002:a00:1::1",
+        "2002:c0a8:101::1",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        "2001:0:7f00:1:0:0:f7f7:f7f7",
+        "1::1",
+        "4000::1",
     ] {
         assert!(!public(s), "{s} must not be public");
         let addr = SocketAddr::new(s.parse().unwrap(), 443);
         let e = check_addr(addr, &FetchPolicy::default()).unwrap_err();
-        assert!(e.contains(&*addr.ip().to_string()) || e.contains("Teredo"), "{s}: {e}");
+        assert!(
+            e.contains(&*addr.ip().to_string()) || e.contains("Teredo"),
+            "{s}: {e}"
+        );
     }
     for s in [
-        "1.1.1.1", "8.8.8.8", "93.184.216.34", "100.63.255.255", "100.128.0.0", "172.15.255.255",
-        "172.32.0.0", "192.167.255.255", "192.169.0.0", "198.17.255.255", "198.20.0.0",
-        "223.255.255.255", "2606:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8",
-        "64:ff9b::808:808", "2002:808:808::1", "2001:0:808:808:0:0:f7f7:f7f7",
+        "1.1.1.1",
+        "8.8.8.8",
+        "93.184.216.34",
+        "100.63.255.255",
+        "100.128.0.0",
+        "172.15.255.255",
+        "172.32.0.0",
+        "192.167.255.255",
+        "192.169.0.0",
+        "198.17.255.255",
+        "198.20.0.0",
+        "223.255.255.255",
+        "2606:4700::1111",
+        "2a00:1450:4001::1",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+        "2001:0:808:808:0:0:f7f7:f7f7",
     ] {
-        assert!(public(s), "{s} must be public: {:?}", classify_ip(s.parse().unwrap()));
-        assert!(check_addr(SocketAddr::new(s.parse().unwrap(), 443), &FetchPolicy::default()).is_ok());
+        assert!(
+            public(s),
+            "{s} must be public: {:?}",
+            classify_ip(s.parse().unwrap())
+        );
+        assert!(check_addr(
+            SocketAddr::new(s.parse().unwrap(), 443),
+            &FetchPolicy::default()
+        )
+        .is_ok());
     }
 }
 
 #[test]
 fn policy_private_cidrs_ports() {
-    let lan = FetchPolicy { allow_private: true, ..FetchPolicy::default() };
+    let lan = FetchPolicy {
+        allow_private: true,
+        ..FetchPolicy::default()
+    };
     let a = |s: &str, port| SocketAddr::new(s.parse().unwrap(), port);
     // private: refused by default, allowed (any port) with allow_private
     assert!(check_addr(a("192.168.1.20", 8080), &FetchPolicy::default()).is_err());
@@ -54,13 +122,21 @@ fn policy_private_cidrs_ports() {
     assert!(check_addr(a("0.0.0.0", 80), &lan).is_err());
     assert!(check_addr(a("224.0.0.1", 80), &lan).is_err());
     // an explicit CIDR allows exactly that range (also via the IPv4-mapped form)
-    let cidr = FetchPolicy { allow_cidrs: vec!["10.1.0.0/16".parse().unwrap()], ..FetchPolicy::default() };
+    let cidr = FetchPolicy {
+        allow_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+        ..FetchPolicy::default()
+    };
     assert!(check_addr(a("10.1.2.3", 9000), &cidr).is_ok());
     assert!(check_addr(a("::ffff:10.1.2.3", 9000), &cidr).is_ok());
     assert!(check_addr(a("10.2.0.1", 80), &cidr).is_err());
     // ports: public targets 80/443 only unless allow_any_port
-    assert!(check_addr(a("8.8.8.8", 8443), &FetchPolicy::default()).unwrap_err().contains("port 8443"));
-    let any = FetchPolicy { allow_any_port: true, ..FetchPolicy::default() };
+    assert!(check_addr(a("8.8.8.8", 8443), &FetchPolicy::default())
+        .unwrap_err()
+        .contains("port 8443"));
+    let any = FetchPolicy {
+        allow_any_port: true,
+        ..FetchPolicy::default()
+    };
     assert!(check_addr(a("8.8.8.8", 8443), &any).is_ok());
 }
 
@@ -68,18 +144,43 @@ fn policy_private_cidrs_ports() {
 /// normalised and refused by `check_url` before any I/O.
 #[test]
 fn url_literals_are_normalised_and_refused() {
-    let p = FetchPolicy { allow_http: true, ..FetchPolicy::default() };
+    let p = FetchPolicy {
+        allow_http: true,
+        ..FetchPolicy::default()
+    };
     for url in [
-        "http://127.0.0.1/", "http://127.1/", "http://127.0.1/", "http://0x7f000001/",
-        "http://2130706433/", "http://0177.0.0.1/", "http://0x7f.1/", "http://0x7F.0.0.1/",
-        "http://017700000001/", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
-        "http://[::ffff:7f00:1]/", "http://[0:0:0:0:0:ffff:127.0.0.1]/", "http://169.254.169.254/",
-        "http://[::ffff:a9fe:a9fe]/", "http://0xa9fea9fe/", "http://10.0.0.1/", "http://10.1/",
-        "http://[64:ff9b::a9fe:a9fe]/", "http://[64:ff9b::127.0.0.1]/", "http://[2002:7f00:1::]/",
-        "http://[2002:a9fe:a9fe::1]/", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
-        "http://0/", "http://0.0.0.0/", "http://[::]/", "https://user:pw@127.0.0.1/",
-        "http://127.0.0.1.:80/", "HTTP://127.0.0.1/", "http://%31%32%37.0.0.1/",
-        "http://[fd00:ec2::254]/", "http://[fe80::1%25eth0]/",
+        "http://127.0.0.1/",
+        "http://127.1/",
+        "http://127.0.1/",
+        "http://0x7f000001/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.1/",
+        "http://0x7F.0.0.1/",
+        "http://017700000001/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://[0:0:0:0:0:ffff:127.0.0.1]/",
+        "http://169.254.169.254/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://0xa9fea9fe/",
+        "http://10.0.0.1/",
+        "http://10.1/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[64:ff9b::127.0.0.1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[2002:a9fe:a9fe::1]/",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+        "http://0/",
+        "http://0.0.0.0/",
+        "http://[::]/",
+        "https://user:pw@127.0.0.1/",
+        "http://127.0.0.1.:80/",
+        "HTTP://127.0.0.1/",
+        "http://%31%32%37.0.0.1/",
+        "http://[fd00:ec2::254]/",
+        "http://[fe80::1%25eth0]/",
     ] {
         let e = check_url(url, &p).unwrap_err();
         assert_eq!(e.code(), "FETCH_FORBIDDEN", "{url}: {e}");
@@ -96,11 +197,17 @@ fn url_literals_are_normalised_and_refused() {
     ] {
         let e = check_url(url, &FetchPolicy::default()).unwrap_err();
         assert_eq!(e.code(), "FETCH_FORBIDDEN", "{url}");
-        assert!(e.to_string().contains(why) || e.to_string().contains("host"), "{url}: {e}");
+        assert!(
+            e.to_string().contains(why) || e.to_string().contains("host"),
+            "{url}: {e}"
+        );
     }
     // a public https URL passes the syntactic check (resolution comes later)
     let ok = check_url("https://example.com/a.png", &FetchPolicy::default()).unwrap();
-    assert_eq!((ok.host.as_str(), ok.port, ok.literal), ("example.com", 443, None));
+    assert_eq!(
+        (ok.host.as_str(), ok.port, ok.literal),
+        ("example.com", 443, None)
+    );
     let ok = check_url("https://8.8.8.8/a.png", &FetchPolicy::default()).unwrap();
     assert_eq!(ok.literal, Some("8.8.8.8".parse().unwrap()));
     assert!(check_url("https://8.8.8.8:8443/a.png", &FetchPolicy::default()).is_err());
@@ -122,7 +229,9 @@ fn non_public_v4() -> impl Strategy<Value = Ipv4Addr> {
 }
 
 fn public_v4() -> impl Strategy<Value = Ipv4Addr> {
-    any::<u32>().prop_map(Ipv4Addr::from).prop_filter("public", |ip| classify_ipv4(*ip).is_public())
+    any::<u32>()
+        .prop_map(Ipv4Addr::from)
+        .prop_filter("public", |ip| classify_ipv4(*ip).is_public())
 }
 
 /// Every IPv6 form that embeds `v4`.
@@ -133,8 +242,15 @@ fn embeddings(v4: Ipv4Addr) -> Vec<Ipv6Addr> {
         Ipv6Addr::from((0xffffu128 << 48) | x), // ::ffff:0:a.b.c.d (SIIT)
         Ipv6Addr::from((0x0064_ff9bu128 << 96) | x), // NAT64
         Ipv6Addr::from((0x2002u128 << 112) | (x << 80) | 0x1234), // 6to4
-        Ipv6Addr::from((0x2001_0000u128 << 96) | (x << 64) | 0xdead_beef_0000_0000 | u128::from(!0x0808_0808u32)), // Teredo server
-        Ipv6Addr::from((0x2001_0000u128 << 96) | (0x0808_0808u128 << 64) | u128::from(!u32::from(v4))), // Teredo client
+        Ipv6Addr::from(
+            (0x2001_0000u128 << 96)
+                | (x << 64)
+                | 0xdead_beef_0000_0000
+                | u128::from(!0x0808_0808u32),
+        ), // Teredo server
+        Ipv6Addr::from(
+            (0x2001_0000u128 << 96) | (0x0808_0808u128 << 64) | u128::from(!u32::from(v4)),
+        ), // Teredo client
     ];
     if x > 1 {
         out.push(Ipv6Addr::from(x)); // ::a.b.c.d (compatible)

@@ -61,6 +61,7 @@ fn run_case(ckpt: &str, case: &str) -> (f32, usize) {
         paste_back: OnOff::Off,
         device: "cpu".into(),
         dtype: Some("f32".into()),
+        offline: true,
         out: tmp.join("out.png"),
         latents_out: Some(tmp.join("latents.safetensors")),
     };

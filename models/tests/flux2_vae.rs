@@ -70,11 +70,11 @@ fn patchify_channel_order_is_c4_py2_px() {
     for ci in 0..c {
         for py in 0..2 {
             for px in 0..2 {
-                for i in 0..h / 2 {
-                    for j in 0..w / 2 {
+                for (i, row) in pv[ci * 4 + py * 2 + px].iter().enumerate() {
+                    for (j, &got) in row.iter().enumerate() {
                         let expect = (1000 * ci + 10 * (2 * i + py) + (2 * j + px)) as f32;
                         assert_eq!(
-                            pv[ci * 4 + py * 2 + px][i][j],
+                            got,
                             expect,
                             "c{ci} py{py} px{px} ({i},{j})"
                         );
@@ -218,9 +218,11 @@ fn codec_rejects_sizes_not_multiple_of_16_and_wrong_channels() {
 
 /// A VarBuilder backend that checks every request against the real checkpoint's name → shape
 /// list, records it, and hands back a broadcast zero (no real allocation).
+type Requests = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
+
 struct RecordingBackend {
     expected: BTreeMap<String, Vec<usize>>,
-    requested: Arc<Mutex<Vec<(String, Vec<usize>)>>>,
+    requested: Requests,
 }
 
 impl SimpleBackend for RecordingBackend {

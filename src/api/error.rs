@@ -69,7 +69,6 @@ impl ApiError {
         match self {
             ApiError::Runs(r) => match r {
                 R::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
-                R::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
                 R::RunNotFound(_) => (StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
                 R::AssetNotFound(_) => (StatusCode::NOT_FOUND, "ASSET_NOT_FOUND"),
                 R::ModelNotFound(_) => (StatusCode::NOT_FOUND, "MODEL_NOT_FOUND"),

@@ -241,3 +241,21 @@ pub async fn idem_store<T: serde::Serialize>(
     );
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_routes_are_an_explicit_short_list() {
+        assert!(is_public(&Method::GET, "/v1/health"));
+        assert!(is_public(&Method::GET, "/v1/readiness"));
+        assert!(is_public(&Method::GET, "/v1/files/r/0.png"));
+        assert!(is_public(&Method::PUT, "/v1/asset-uploads/a/content"));
+        assert!(is_public(&Method::GET, "/v1/assets/a/content"));
+        assert!(!is_public(&Method::POST, "/v1/asset-uploads/a/content"));
+        assert!(!is_public(&Method::GET, "/v1/runs"));
+        assert!(!is_public(&Method::GET, "/v1/files/r/0.png/x"));
+        assert!(!is_public(&Method::DELETE, "/v1/files/r/0.png"));
+    }
+}

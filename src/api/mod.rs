@@ -4,7 +4,7 @@
 
 mod assets;
 mod auth;
-pub mod error;
+mod error;
 mod extract;
 mod health;
 mod openapi;
@@ -58,7 +58,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("run store: {0}")]
-    Store(#[from] crate::runs::store::StoreError),
+    Store(String),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -170,6 +170,10 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
     let data = DataDir::create(&cfg.data_dir).map_err(dd_err)?;
     let (keys, generated_key) = auth::KeySet::load(&cfg.api_keys, data.root()).map_err(dd_err)?;
     let signer = signing::UrlSigner::load(data.root()).map_err(dd_err)?;
+    let removed = data.remove_temp_files();
+    if removed > 0 {
+        tracing::info!(removed, "removed temp files left by an interrupted write");
+    }
     let db_path = data.db_path();
     let max_attempts = cfg.max_attempts;
     let store = tokio::task::spawn_blocking(
@@ -187,7 +191,8 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
         },
     )
     .await
-    .map_err(|e| crate::runs::store::StoreError::Db(e.to_string()))??;
+    .map_err(|e| ServeError::Store(e.to_string()))?
+    .map_err(|e| ServeError::Store(e.to_string()))?;
     let store: Arc<dyn RunStore> = Arc::new(store);
 
     let bind = SocketAddr::new(cfg.host, cfg.port);
@@ -197,6 +202,9 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
     let addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr: bind, source })?;
+    if cfg.public_url.is_none() && addr.ip().is_unspecified() {
+        tracing::warn!(%addr, "bound to all interfaces without --public-url: output URLs will name {addr}, which clients cannot reach; set --public-url");
+    }
     let base_url = cfg
         .public_url
         .clone()

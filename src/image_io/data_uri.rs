@@ -26,7 +26,10 @@ const FORGIVING: GeneralPurpose = GeneralPurpose::new(
 );
 
 fn err(reason: impl Into<String>) -> ImageIoError {
-    ImageIoError::InvalidDataUri { input: "data URI".into(), reason: reason.into() }
+    ImageIoError::InvalidDataUri {
+        input: "data URI".into(),
+        reason: reason.into(),
+    }
 }
 
 /// Base64 characters needed for `max_bytes` bytes (padded).
@@ -46,18 +49,24 @@ fn too_large(chars: usize, limit: usize, max_bytes: usize) -> ImageIoError {
 /// Parse a `data:` URI into `(mime, bytes)`; see the module docs for the exact rules.
 pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), ImageIoError> {
     let uri = uri.trim_matches(|c: char| c.is_ascii_whitespace());
-    let Some(prefix) = uri.get(..5) else { return Err(err("not a data: URI")) };
+    let Some(prefix) = uri.get(..5) else {
+        return Err(err("not a data: URI"));
+    };
     if !prefix.eq_ignore_ascii_case("data:") {
         return Err(err("not a data: URI"));
     }
     let rest = &uri[5..];
-    let Some(comma) = rest.find(',') else { return Err(err("missing ',' before the payload")) };
+    let Some(comma) = rest.find(',') else {
+        return Err(err("missing ',' before the payload"));
+    };
     let (header, payload) = (&rest[..comma], &rest[comma + 1..]);
     if header.len() > 256 {
         return Err(err("media type is too long"));
     }
 
-    let mut parts = header.split(';').map(|p| p.trim_matches(|c: char| c.is_ascii_whitespace()));
+    let mut parts = header
+        .split(';')
+        .map(|p| p.trim_matches(|c: char| c.is_ascii_whitespace()));
     let mime = parts.next().unwrap_or("").to_ascii_lowercase();
     let mut base64 = false;
     for p in parts {
@@ -73,13 +82,16 @@ pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), 
     };
     let token_ok = |s: &str| {
         !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     if ty != "image" || !token_ok(sub) {
         return Err(err(format!("media type {mime:?} is not image/*")));
     }
     if !base64 {
-        return Err(err("only base64 payloads are accepted (';base64,' is missing)"));
+        return Err(err(
+            "only base64 payloads are accepted (';base64,' is missing)",
+        ));
     }
 
     let b64_limit = max_b64_len(max_bytes);
@@ -99,7 +111,10 @@ pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), 
         let mut b = raw[i];
         if b == b'%' {
             let hex = |c: u8| (c as char).to_digit(16);
-            match (raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+            match (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            ) {
                 (Some(h), Some(l)) => {
                     b = (h * 16 + l) as u8;
                     i += 2;
@@ -133,11 +148,16 @@ pub fn parse_data_uri(uri: &str, max_bytes: usize) -> Result<(String, Vec<u8>), 
     if clean.len() % 4 == 1 {
         return Err(err("truncated base64 payload"));
     }
-    let bytes = FORGIVING.decode(&clean).map_err(|e| err(format!("invalid base64: {e}")))?;
+    let bytes = FORGIVING
+        .decode(&clean)
+        .map_err(|e| err(format!("invalid base64: {e}")))?;
     if bytes.len() > max_bytes {
         return Err(ImageIoError::TooLarge {
             input: "data URI".into(),
-            reason: format!("{} decoded bytes exceed the {max_bytes} byte limit", bytes.len()),
+            reason: format!(
+                "{} decoded bytes exceed the {max_bytes} byte limit",
+                bytes.len()
+            ),
         });
     }
     Ok((mime, bytes))

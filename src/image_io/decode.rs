@@ -28,7 +28,9 @@ use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use image::metadata::Orientation;
-use image::{DynamicImage, GrayImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use image::{
+    DynamicImage, GrayImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage,
+};
 
 use super::error::ImageIoError;
 
@@ -46,7 +48,11 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_side: 8192, max_pixels: 40_000_000, max_bytes: 50 * 1024 * 1024 }
+        Self {
+            max_side: 8192,
+            max_pixels: 40_000_000,
+            max_bytes: 50 * 1024 * 1024,
+        }
     }
 }
 
@@ -138,7 +144,10 @@ pub fn describe_unsupported(bytes: &[u8]) -> String {
 
 fn looks_like_markup(bytes: &[u8]) -> bool {
     let head = &bytes[..bytes.len().min(256)];
-    let trimmed = match head.iter().position(|b| !b.is_ascii_whitespace() && *b != 0xef && *b != 0xbb && *b != 0xbf) {
+    let trimmed = match head
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != 0xef && *b != 0xbb && *b != 0xbf)
+    {
         Some(i) => &head[i..],
         None => return false,
     };
@@ -160,8 +169,16 @@ pub fn probe_image(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Ima
     guarded("image", || {
         let (format, decoder, orientation) = open_decoder(bytes, limits, "image")?;
         let (w, h) = decoder.dimensions();
-        let (width, height) = if swaps_axes(orientation) { (h, w) } else { (w, h) };
-        Ok(ImageInfo { format, width, height })
+        let (width, height) = if swaps_axes(orientation) {
+            (h, w)
+        } else {
+            (w, h)
+        };
+        Ok(ImageInfo {
+            format,
+            width,
+            height,
+        })
     })
 }
 
@@ -191,7 +208,11 @@ pub fn decode_mask(
     let img = decode_oriented(bytes, limits, "mask")?;
     let got = (img.width(), img.height());
     if got != expected {
-        return Err(ImageIoError::MaskSizeMismatch { input: "mask".into(), got, expected });
+        return Err(ImageIoError::MaskSizeMismatch {
+            input: "mask".into(),
+            got,
+            expected,
+        });
     }
     let (mask, rule) = mask_from_dynamic(&img);
     if !mask.pixels().any(|p| p.0[0] >= 128) {
@@ -209,9 +230,16 @@ fn mask_from_dynamic(img: &DynamicImage) -> (GrayImage, &'static str) {
         let rgba = img.to_rgba8();
         if rgba.pixels().any(|p| p.0[3] < 255) {
             let out = GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-                image::Luma([if rgba.get_pixel(x, y).0[3] < 128 { 255 } else { 0 }])
+                image::Luma([if rgba.get_pixel(x, y).0[3] < 128 {
+                    255
+                } else {
+                    0
+                }])
             });
-            return (out, "transparent mask: repaint where alpha < 128, but no pixel is");
+            return (
+                out,
+                "transparent mask: repaint where alpha < 128, but no pixel is",
+            );
         }
     }
     let rgb = img.to_rgb8();
@@ -219,7 +247,10 @@ fn mask_from_dynamic(img: &DynamicImage) -> (GrayImage, &'static str) {
         let [r, g, b] = rgb.get_pixel(x, y).0;
         image::Luma([pil_luma(r, g, b)])
     });
-    (out, "opaque mask: repaint where luma >= 128 (white), but no pixel is")
+    (
+        out,
+        "opaque mask: repaint where luma >= 128 (white), but no pixel is",
+    )
 }
 
 /// PIL's `convert("L")`: ITU-R 601-2 luma in 16.16 fixed point.
@@ -260,7 +291,9 @@ pub(crate) fn decode_oriented(
         strict.max_image_width = Some(limits.max_side);
         strict.max_image_height = Some(limits.max_side);
         strict.max_alloc = Some(limits.max_alloc());
-        decoder.set_limits(strict).map_err(|e| map_image_error(e, input))?;
+        decoder
+            .set_limits(strict)
+            .map_err(|e| map_image_error(e, input))?;
         let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, input))?;
         img.apply_orientation(orientation);
         Ok(img)
@@ -278,7 +311,11 @@ fn open_decoder<'a>(
     if bytes.len() > limits.max_bytes {
         return Err(ImageIoError::TooLarge {
             input: input.into(),
-            reason: format!("{} bytes exceeds the {} byte limit", bytes.len(), limits.max_bytes),
+            reason: format!(
+                "{} bytes exceeds the {} byte limit",
+                bytes.len(),
+                limits.max_bytes
+            ),
         });
     }
     let Some(format) = sniff_format(bytes) else {
@@ -293,12 +330,18 @@ fn open_decoder<'a>(
     let mut header_limits = image::Limits::default();
     header_limits.max_alloc = Some(limits.max_alloc());
     reader.limits(header_limits);
-    let mut decoder: BoxedDecoder<'a> =
-        Box::new(reader.into_decoder().map_err(|e| map_image_error(e, input))?);
+    let mut decoder: BoxedDecoder<'a> = Box::new(
+        reader
+            .into_decoder()
+            .map_err(|e| map_image_error(e, input))?,
+    );
     let (w, h) = decoder.dimensions();
     limits
         .check_dimensions(w, h)
-        .map_err(|reason| ImageIoError::TooLarge { input: input.into(), reason })?;
+        .map_err(|reason| ImageIoError::TooLarge {
+            input: input.into(),
+            reason,
+        })?;
     let total = decoder.total_bytes();
     if total > limits.max_alloc() {
         return Err(ImageIoError::TooLarge {
@@ -325,10 +368,7 @@ fn swaps_axes(o: Orientation) -> bool {
 }
 
 /// Run `f`, turning a panic inside a decoder into `INVALID_IMAGE`.
-fn guarded<T>(
-    input: &str,
-    f: impl FnOnce() -> Result<T, ImageIoError>,
-) -> Result<T, ImageIoError> {
+fn guarded<T>(input: &str, f: impl FnOnce() -> Result<T, ImageIoError>) -> Result<T, ImageIoError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
@@ -356,6 +396,29 @@ fn map_image_error(e: ImageError, input: &str) -> ImageIoError {
             input: input.into(),
             found: format!("variant ({u})"),
         },
-        other => ImageIoError::InvalidImage { input: input.into(), reason: other.to_string() },
+        other => ImageIoError::InvalidImage {
+            input: input.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside a decoder becomes INVALID_IMAGE naming the input, not a crash.
+    #[test]
+    fn decoder_panic_becomes_invalid_image() {
+        let r: Result<(), _> = guarded("image_urls[0]", || panic!("index out of bounds: boom"));
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), "INVALID_IMAGE");
+        assert!(
+            e.to_string().starts_with("image_urls[0]: invalid image:"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("boom"), "{e}");
+        let r: Result<(), _> = guarded("mask", || std::panic::panic_any(42u32));
+        assert!(r.unwrap_err().to_string().contains("unknown panic"));
     }
 }

@@ -58,7 +58,9 @@ impl FromStr for OutputFormat {
             "png" => Ok(Self::Png),
             "jpeg" | "jpg" => Ok(Self::Jpeg),
             "webp" => Ok(Self::Webp),
-            _ => Err(format!("unknown output format {s:?}; expected png, jpeg or webp")),
+            _ => Err(format!(
+                "unknown output format {s:?}; expected png, jpeg or webp"
+            )),
         }
     }
 }
@@ -81,12 +83,10 @@ pub fn encode_image(
     let (w, h) = img.dimensions();
     let mut out = Vec::with_capacity((w as usize * h as usize).min(64 << 20) / 2 + 1024);
     let res = match fmt {
-        OutputFormat::Png => PngEncoder::new_with_quality(
-            &mut out,
-            CompressionType::Default,
-            FilterType::Adaptive,
-        )
-        .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8),
+        OutputFormat::Png => {
+            PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive)
+                .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)
+        }
         OutputFormat::Jpeg => {
             let q = compression.unwrap_or(DEFAULT_JPEG_QUALITY).clamp(1, 100);
             JpegEncoder::new_with_quality(&mut out, q).write_image(
@@ -103,6 +103,9 @@ pub fn encode_image(
             ExtendedColorType::Rgb8,
         ),
     };
-    res.map_err(|e| ImageIoError::Encode { input: format!("output ({fmt})"), reason: e.to_string() })?;
+    res.map_err(|e| ImageIoError::Encode {
+        input: format!("output ({fmt})"),
+        reason: e.to_string(),
+    })?;
     Ok(out)
 }

@@ -16,14 +16,20 @@ pub enum ImageIoError {
     #[error("{input}: {reason}")]
     TooLarge { input: String, reason: String },
     /// Magic bytes of a format we do not decode (TIFF, BMP, SVG, GIF, …) or of no image at all.
-    #[error("{input}: unsupported format {found} (accepted: PNG, JPEG, WebP, sniffed from the bytes)")]
+    #[error(
+        "{input}: unsupported format {found} (accepted: PNG, JPEG, WebP, sniffed from the bytes)"
+    )]
     UnsupportedFormat { input: String, found: String },
     /// A mask that decodes but cannot be used (selects nothing to repaint).
     #[error("{input}: invalid mask: {reason}")]
     InvalidMask { input: String, reason: String },
     /// The mask's size (after EXIF orientation) differs from the first image's.
     #[error("{input}: mask is {}x{} but the image is {}x{} (after EXIF orientation); they must match", got.0, got.1, expected.0, expected.1)]
-    MaskSizeMismatch { input: String, got: (u32, u32), expected: (u32, u32) },
+    MaskSizeMismatch {
+        input: String,
+        got: (u32, u32),
+        expected: (u32, u32),
+    },
     /// A malformed or disallowed `data:` URI (not `image/*`, not base64, bad base64).
     #[error("{input}: invalid data URI: {reason}")]
     InvalidDataUri { input: String, reason: String },

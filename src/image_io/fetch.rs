@@ -72,7 +72,10 @@ impl reqwest::dns::Resolve for PinnedResolver {
 /// A `reqwest::ClientBuilder` that can only connect to `target.addrs`: pinned DNS, no proxy
 /// (environment proxies ignored), no redirects, the policy's connect timeout. For the callback
 /// sender: add its own total timeout/headers, `build()`, then POST to `target.url`.
-pub fn pinned_client_builder(target: &CheckedTarget, policy: &FetchPolicy) -> reqwest::ClientBuilder {
+pub fn pinned_client_builder(
+    target: &CheckedTarget,
+    policy: &FetchPolicy,
+) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(Policy::none())
@@ -93,7 +96,9 @@ pub struct Fetcher {
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetcher").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Fetcher")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +124,9 @@ impl Fetcher {
     /// Nothing is connected to.
     pub async fn resolve_checked(&self, url: &str) -> Result<CheckedTarget, ImageIoError> {
         let checked = self.check_url(url)?;
-        self.resolve_checked_url(checked).await.map_err(|e| e.with_input(display_url(url)))
+        self.resolve_checked_url(checked)
+            .await
+            .map_err(|e| e.with_input(display_url(url)))
     }
 
     async fn resolve_checked_url(&self, c: CheckedUrl) -> Result<CheckedTarget, ImageIoError> {
@@ -160,15 +167,21 @@ impl Fetcher {
                 addrs
             }
         };
-        Ok(CheckedTarget { url: c.url, host: c.host, addrs })
+        Ok(CheckedTarget {
+            url: c.url,
+            host: c.host,
+            addrs,
+        })
     }
 
     /// A client that can only reach `target`'s checked addresses (see [`pinned_client_builder`]).
     pub fn client_for(&self, target: &CheckedTarget) -> Result<reqwest::Client, ImageIoError> {
-        pinned_client_builder(target, &self.policy).build().map_err(|e| ImageIoError::FetchFailed {
-            input: display_url(target.url.as_str()),
-            reason: format!("building the HTTP client failed: {e}"),
-        })
+        pinned_client_builder(target, &self.policy)
+            .build()
+            .map_err(|e| ImageIoError::FetchFailed {
+                input: display_url(target.url.as_str()),
+                reason: format!("building the HTTP client failed: {e}"),
+            })
     }
 
     /// Fetch an image: every hop checked, body capped while streaming, total timeout, result
@@ -199,7 +212,11 @@ impl Fetcher {
             let status = resp.status();
             if status.is_redirection() {
                 let Some(loc) = resp.headers().get(LOCATION) else {
-                    return Err(fetch_failed(hop, &target.url, format!("HTTP {status} without Location")));
+                    return Err(fetch_failed(
+                        hop,
+                        &target.url,
+                        format!("HTTP {status} without Location"),
+                    ));
                 };
                 if hop >= self.policy.max_redirects {
                     return Err(ImageIoError::FetchForbidden {
@@ -215,10 +232,13 @@ impl Fetcher {
                     input: String::new(),
                     reason: "redirect Location is not valid text".into(),
                 })?;
-                let next = target.url.join(loc).map_err(|e| ImageIoError::FetchForbidden {
-                    input: String::new(),
-                    reason: format!("redirect to an invalid URL {loc:?} ({e})"),
-                })?;
+                let next = target
+                    .url
+                    .join(loc)
+                    .map_err(|e| ImageIoError::FetchForbidden {
+                        input: String::new(),
+                        reason: format!("redirect to an invalid URL {loc:?} ({e})"),
+                    })?;
                 hop += 1;
                 let shown_next = display_url(next.as_str());
                 current = check_parsed(next, &self.policy).map_err(|why| {
@@ -244,7 +264,11 @@ impl Fetcher {
     ) -> Result<Vec<u8>, ImageIoError> {
         let cap = self.policy.max_bytes;
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_failed(hop, url, describe_reqwest(&e)))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| fetch_failed(hop, url, describe_reqwest(&e)))?
+        {
             if body.len() + chunk.len() > cap {
                 return Err(ImageIoError::TooLarge {
                     input: String::new(),
@@ -268,9 +292,15 @@ fn fetch_failed(hop: u32, url: &Url, reason: String) -> ImageIoError {
     let reason = if hop == 0 {
         reason
     } else {
-        format!("after {hop} redirect(s), {}: {reason}", display_url(url.as_str()))
+        format!(
+            "after {hop} redirect(s), {}: {reason}",
+            display_url(url.as_str())
+        )
     };
-    ImageIoError::FetchFailed { input: String::new(), reason }
+    ImageIoError::FetchFailed {
+        input: String::new(),
+        reason,
+    }
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {

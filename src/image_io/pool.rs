@@ -29,7 +29,10 @@ impl Default for DecodePool {
 
 impl DecodePool {
     pub fn new(max_concurrent: usize, timeout: Duration) -> Self {
-        Self { sem: Arc::new(Semaphore::new(max_concurrent.max(1))), timeout }
+        Self {
+            sem: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            timeout,
+        }
     }
 
     /// [`decode_image`] on a blocking thread.
@@ -38,7 +41,8 @@ impl DecodePool {
         bytes: Arc<[u8]>,
         limits: DecodeLimits,
     ) -> Result<RgbImage, ImageIoError> {
-        self.run("image", move || decode_image(&bytes, &limits)).await
+        self.run("image", move || decode_image(&bytes, &limits))
+            .await
     }
 
     /// [`decode_mask`] on a blocking thread.
@@ -48,7 +52,8 @@ impl DecodePool {
         limits: DecodeLimits,
         expected: (u32, u32),
     ) -> Result<GrayImage, ImageIoError> {
-        self.run("mask", move || decode_mask(&bytes, &limits, expected)).await
+        self.run("mask", move || decode_mask(&bytes, &limits, expected))
+            .await
     }
 
     async fn run<T: Send + 'static>(
@@ -56,9 +61,15 @@ impl DecodePool {
         input: &str,
         f: impl FnOnce() -> Result<T, ImageIoError> + Send + 'static,
     ) -> Result<T, ImageIoError> {
-        let permit = self.sem.clone().acquire_owned().await.map_err(|_| {
-            ImageIoError::InvalidImage { input: input.into(), reason: "decoder pool closed".into() }
-        })?;
+        let permit =
+            self.sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ImageIoError::InvalidImage {
+                    input: input.into(),
+                    reason: "decoder pool closed".into(),
+                })?;
         let task = tokio::task::spawn_blocking(move || {
             let r = f();
             drop(permit);

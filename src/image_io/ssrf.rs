@@ -84,7 +84,11 @@ impl IpClass {
 }
 
 fn v6_in(ip: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
-    let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    };
     (u128::from(ip) & mask) == (u128::from(net) & mask)
 }
 
@@ -235,7 +239,11 @@ pub fn check_addr(addr: SocketAddr, policy: &FetchPolicy) -> Result<(), String> 
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    if policy.allow_cidrs.iter().any(|n| n.contains(&ip) || n.contains(&canon)) {
+    if policy
+        .allow_cidrs
+        .iter()
+        .any(|n| n.contains(&ip) || n.contains(&canon))
+    {
         return Ok(());
     }
     let lan = match classify_ip(ip) {
@@ -260,7 +268,9 @@ pub fn check_addr(addr: SocketAddr, policy: &FetchPolicy) -> Result<(), String> 
 pub fn display_url(url: &str) -> String {
     let url = url.trim();
     let shown = match Url::parse(url) {
-        Ok(mut u) if u.scheme() != "data" && (!u.username().is_empty() || u.password().is_some()) => {
+        Ok(mut u)
+            if u.scheme() != "data" && (!u.username().is_empty() || u.password().is_some()) =>
+        {
             let _ = u.set_username("");
             let _ = u.set_password(None);
             u.to_string()
@@ -290,7 +300,10 @@ pub struct CheckedUrl {
 
 /// Parse and check a URL without any I/O (usable at request validation, e.g. `callback_url`).
 pub fn check_url(url: &str, policy: &FetchPolicy) -> Result<CheckedUrl, ImageIoError> {
-    let forbid = |reason: String| ImageIoError::FetchForbidden { input: display_url(url), reason };
+    let forbid = |reason: String| ImageIoError::FetchForbidden {
+        input: display_url(url),
+        reason,
+    };
     let parsed = Url::parse(url.trim()).map_err(|e| forbid(format!("not a valid URL ({e})")))?;
     check_parsed(parsed, policy).map_err(forbid)
 }
@@ -318,5 +331,10 @@ pub(crate) fn check_parsed(url: Url, policy: &FetchPolicy) -> Result<CheckedUrl,
     if let Some(ip) = literal {
         check_addr(SocketAddr::new(ip, port), policy)?;
     }
-    Ok(CheckedUrl { url, host, port, literal })
+    Ok(CheckedUrl {
+        url,
+        host,
+        port,
+        literal,
+    })
 }

@@ -4,7 +4,7 @@
 //! steps, guidance 1.0 (ignored); base: 50 steps, guidance 4.0). Note the diffusers pipeline's
 //! *signature* defaults are 50 steps / guidance 4.0 for both; the distilled card's 4 steps win.
 
-use editd_models::flux2::loader::{Flux2Klein, ModelSource};
+use editd_models::flux2::loader::{Flux2Klein, HubOptions, ModelSource};
 use editd_models::traits::LoadOptions;
 
 use super::device::{parse_device, parse_dtype};
@@ -21,6 +21,8 @@ pub struct PipelineConfig {
     pub device: String,
     /// `f32 | bf16 | f16`; `None` = f32 on CPU, bf16 on GPU.
     pub dtype: Option<String>,
+    /// Never touch the network: hub ids resolve from the local cache only (`HF_HUB_OFFLINE`).
+    pub offline: bool,
 }
 
 /// Loads the checkpoint and returns the concrete pipeline (benches and tests reach its models).
@@ -29,7 +31,8 @@ pub fn load_model_pipeline(cfg: &PipelineConfig) -> Result<ModelPipeline, Pipeli
     let dtype = parse_dtype(cfg.dtype.as_deref(), &device)?;
     let source = ModelSource::parse(&cfg.model).map_err(|e| PipelineError::Load(e.to_string()))?;
     let opts = LoadOptions { device: device.clone(), dtype };
-    let klein = Flux2Klein::load(&source, &opts)
+    let hub = HubOptions { offline: cfg.offline, ..HubOptions::default() };
+    let klein = Flux2Klein::load_with_hub(&source, &hub, &opts)
         .map_err(|e| PipelineError::Load(format!("{}: {e}", cfg.model)))?;
     let is_distilled = klein.is_distilled;
     let defaults = PipelineDefaults {

@@ -176,8 +176,6 @@ impl FieldError {
 pub enum RunsError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
-    #[error("invalid request: {0}")]
-    BadRequest(String),
     #[error("run {0} not found")]
     RunNotFound(String),
     #[error("asset {0} not found")]

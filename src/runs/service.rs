@@ -40,6 +40,29 @@ impl DataDir {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Boot GC: removes temp files a crash left behind mid-write (`.name.pid.n.tmp`, see
+    /// `image_io::write_atomic`) under `assets/` and `outputs/*/`. Returns how many.
+    pub fn remove_temp_files(&self) -> usize {
+        let mut dirs = vec![self.root.join("assets"), self.root.clone()];
+        if let Ok(rd) = std::fs::read_dir(self.root.join("outputs")) {
+            dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        let mut n = 0;
+        for d in dirs {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if image_io::is_temp_artifact(&e.file_name().to_string_lossy())
+                    && std::fs::remove_file(e.path()).is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
     pub fn db_path(&self) -> PathBuf {
         self.root.join("runs.db")
     }
@@ -465,5 +488,23 @@ impl RunService {
         rec: IdemRecord,
     ) -> Result<(), RunsError> {
         self.blocking(move |s| s.idem_put(&scope, &key, &rec)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_gc_removes_only_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::create(dir.path()).unwrap();
+        let run = d.output_dir(Uuid::now_v7());
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("0.png"), b"x").unwrap();
+        std::fs::write(run.join(".1.png.42.0.tmp"), b"partial").unwrap();
+        std::fs::write(d.root().join("assets").join(".a.1.2.tmp"), b"partial").unwrap();
+        assert_eq!(d.remove_temp_files(), 2);
+        assert!(run.join("0.png").exists());
     }
 }

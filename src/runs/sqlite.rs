@@ -300,18 +300,6 @@ impl RunStore for SqliteStore {
         })
     }
 
-    fn queued_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn()
-            .query_row(
-                "SELECT COUNT(*) FROM runs WHERE status = 'queued'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        Ok(n as u64)
-    }
-
     fn claim_next(&self, now: DateTime<Utc>) -> Result<Option<Run>, StoreError> {
         let c = self.conn();
         let id: Option<String> = c

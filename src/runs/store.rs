@@ -138,8 +138,6 @@ pub trait RunStore: Send + Sync {
     fn insert_run(&self, run: NewRun, max_queue: u64) -> Result<InsertOutcome, StoreError>;
     fn get_run(&self, id: Uuid) -> Result<Option<Run>, StoreError>;
     fn list_runs(&self, q: &ListQuery) -> Result<RunPage, StoreError>;
-    /// Number of `queued` runs.
-    fn queued_count(&self) -> Result<u64, StoreError>;
 
     /// Moves the oldest `queued` run to `dispatching` and counts an attempt.
     fn claim_next(&self, now: DateTime<Utc>) -> Result<Option<Run>, StoreError>;

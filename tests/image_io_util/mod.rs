@@ -11,7 +11,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -115,14 +119,26 @@ pub fn encode(img: &DynamicImage, fmt: ImageFormat) -> Vec<u8> {
 
 /// RGB8 PNG of `img` with an `eXIf` chunk carrying orientation `o`.
 pub fn png_rgb_with_orientation(img: &RgbImage, o: u16) -> Vec<u8> {
-    let rows: Vec<Vec<u8>> =
-        img.rows().map(|r| r.flat_map(|p| p.0).collect()).collect();
-    build_png(img.width(), img.height(), 8, 2, &[(b"eXIf", exif_tiff_orientation(o))], &rows)
+    let rows: Vec<Vec<u8>> = img.rows().map(|r| r.flat_map(|p| p.0).collect()).collect();
+    build_png(
+        img.width(),
+        img.height(),
+        8,
+        2,
+        &[(b"eXIf", exif_tiff_orientation(o))],
+        &rows,
+    )
 }
 
 /// A non-symmetric test picture: every pixel distinct.
 pub fn gradient(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + 3 * y) % 256) as u8]))
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 7 % 256) as u8,
+            (y * 13 % 256) as u8,
+            ((x + 3 * y) % 256) as u8,
+        ])
+    })
 }
 
 /// Current and peak resident set size in KiB (Linux), from /proc/self/status.
@@ -130,7 +146,9 @@ pub fn rss_kib() -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let get = |k: &str| {
         s.lines().find(|l| l.starts_with(k)).and_then(|l| {
-            l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok())
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
         })
     };
     Some((get("VmRSS:")?, get("VmHWM:")?))

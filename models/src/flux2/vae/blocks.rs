@@ -51,7 +51,7 @@ pub(crate) fn conv(
 }
 
 pub(crate) fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(ModelError::Unsupported(format!(
             "GroupNorm `{}`: {channels} channels are not divisible into {groups} groups",
             vb.prefix()
