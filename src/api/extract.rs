@@ -258,4 +258,43 @@ mod tests {
         assert!(!is_public(&Method::GET, "/v1/files/r/0.png/x"));
         assert!(!is_public(&Method::DELETE, "/v1/files/r/0.png"));
     }
+
+    #[tokio::test]
+    async fn panics_and_framework_rejections_are_enveloped() {
+        let app = axum::Router::new()
+            .route(
+                "/panic",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route(
+                "/text",
+                axum::routing::get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
+            .layer(axum::middleware::from_fn(envelope_errors));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = c.get(format!("http://{addr}/panic")).send().await.unwrap();
+        assert_eq!(r.status(), 500);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "INTERNAL_ERROR");
+        let r = c.get(format!("http://{addr}/text")).send().await.unwrap();
+        assert_eq!(r.status(), 418);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (v["code"].as_str(), v["message"].as_str()),
+            (Some("BAD_REQUEST"), Some("short and stout"))
+        );
+    }
 }

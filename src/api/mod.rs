@@ -109,8 +109,9 @@ fn router(st: AppState) -> Router {
             st.clone(),
             extract::require_auth,
         ))
-        .layer(axum::middleware::from_fn(extract::envelope_errors))
+        // a handler panic becomes a 500 inside the envelope layer, so it is enveloped too
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(extract::envelope_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(st)
 }

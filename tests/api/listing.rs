@@ -1,7 +1,5 @@
 //! `GET /v1/runs`: limit, sort, `q` filters (incl. `client_ref.EQ:'X'`), cursor pagination.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -122,6 +120,39 @@ async fn pagination_and_filters() {
         .await
         .unwrap();
     assert_eq!(ids(&queued).len(), 6);
-    let _ = Duration::ZERO;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_all_commit_and_share_a_key_once() {
+    let s = start_with(never_loads(), |_| {}).await;
+    let path = s.url(&format!("/v1/models/{MODEL}/runs"));
+    let body = edit_body("concurrent");
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let req = s.http.post(&path).bearer_auth(KEY).json(&body);
+        // half of them race on one Idempotency-Key
+        let req = if i % 2 == 0 {
+            req.header("Idempotency-Key", "same")
+        } else {
+            req
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    let keyed: std::collections::HashSet<&String> = ids.iter().step_by(2).collect();
+    assert_eq!(keyed.len(), 1, "one run for the shared key");
+    let all: Value = s.get("/v1/runs?limit=500").await.json().await.unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 21);
     s.stop().await;
 }
