@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench sampler`. The fixture lives in `tests/fixtures/flux2/tiny_a`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use editd::pipeline::load::{load_pipeline, load_model_pipeline, PipelineConfig};
+use editd::pipeline::load::{load_model_pipeline, load_pipeline, PipelineConfig};
 use editd::pipeline::{EditInputs, StepCtx};
 use editd_models::traits::{DenoiseInput, PositionIds};
 
@@ -51,7 +51,8 @@ fn bench_step(c: &mut Criterion) {
 
 fn bench_edit(c: &mut Criterion) {
     let mut p = load_pipeline(&config()).expect("load tiny_a");
-    let reference = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 128]));
+    let reference =
+        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 128]));
     let job = EditInputs {
         prompt: "make it blue".into(),
         images: vec![reference],

@@ -14,9 +14,15 @@ use crate::pipeline::{EditInputs, EditOutput, PipelineError, StepCtx};
 #[derive(Debug, thiserror::Error)]
 pub enum EditCliError {
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Image { path: PathBuf, source: image_io::ImageIoError },
+    Image {
+        path: PathBuf,
+        source: image_io::ImageIoError,
+    },
     #[error("{0}")]
     Pipeline(#[from] PipelineError),
     #[error("{path}: {reason}")]
@@ -50,7 +56,10 @@ impl StepCtx for Progress {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, EditCliError> {
-    std::fs::read(path).map_err(|source| EditCliError::Read { path: path.into(), source })
+    std::fs::read(path).map_err(|source| EditCliError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Runs `editd edit` and prints a summary line with per-stage timings on stderr.
@@ -82,8 +91,12 @@ pub fn execute(args: &EditArgs) -> Result<EditOutput, EditCliError> {
     let limits = DecodeLimits::default();
     let mut images = Vec::new();
     for path in &args.images {
-        let img = image_io::decode_image(&read(path)?, &limits)
-            .map_err(|source| EditCliError::Image { path: path.clone(), source })?;
+        let img = image_io::decode_image(&read(path)?, &limits).map_err(|source| {
+            EditCliError::Image {
+                path: path.clone(),
+                source,
+            }
+        })?;
         images.push(img);
     }
     let mask = match &args.mask {
@@ -92,8 +105,12 @@ pub fn execute(args: &EditArgs) -> Result<EditOutput, EditCliError> {
             let first = images.first().ok_or_else(|| {
                 EditCliError::Usage("--mask needs at least one --image (the image edited)".into())
             })?;
-            let m = image_io::decode_mask(&read(path)?, &limits, first.dimensions())
-                .map_err(|source| EditCliError::Image { path: path.clone(), source })?;
+            let m = image_io::decode_mask(&read(path)?, &limits, first.dimensions()).map_err(
+                |source| EditCliError::Image {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
             Some(m)
         }
     };
@@ -104,7 +121,11 @@ pub fn execute(args: &EditArgs) -> Result<EditOutput, EditCliError> {
     let size = match (args.width, args.height) {
         (Some(w), Some(h)) => Some((w, h)),
         (None, None) => None,
-        _ => return Err(EditCliError::Usage("give both --width and --height, or neither".into())),
+        _ => {
+            return Err(EditCliError::Usage(
+                "give both --width and --height, or neither".into(),
+            ))
+        }
     };
 
     let mut pipeline = load_pipeline(&PipelineConfig {
@@ -129,23 +150,39 @@ pub fn execute(args: &EditArgs) -> Result<EditOutput, EditCliError> {
         paste_back: args.paste_back == OnOff::On,
         noise,
     };
-    let mut progress = Progress { started: Instant::now() };
+    let mut progress = Progress {
+        started: Instant::now(),
+    };
     let out = pipeline.run(&job, &mut progress)?;
     let img = &out.images[0];
-    let bytes = image_io::encode_image(img, format, None)
-        .map_err(|source| EditCliError::Image { path: args.out.clone(), source })?;
-    image_io::write_atomic(&args.out, &bytes)
-        .map_err(|source| EditCliError::Read { path: args.out.clone(), source })?;
+    let bytes =
+        image_io::encode_image(img, format, None).map_err(|source| EditCliError::Image {
+            path: args.out.clone(),
+            source,
+        })?;
+    image_io::write_atomic(&args.out, &bytes).map_err(|source| EditCliError::Read {
+        path: args.out.clone(),
+        source,
+    })?;
     if let (Some(path), Some(latents)) = (&args.latents_out, &out.latents) {
-        let latents = latents.to_device(&Device::Cpu).map_err(PipelineError::from)?;
+        let latents = latents
+            .to_device(&Device::Cpu)
+            .map_err(PipelineError::from)?;
         candle_core::safetensors::save(&[("latents", latents)].into_iter().collect(), path)
-            .map_err(|e| EditCliError::Tensor { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| EditCliError::Tensor {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
     }
     Ok(out)
 }
 
 fn output_format(path: &Path) -> Result<OutputFormat, EditCliError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "png" => Ok(OutputFormat::Png),
         "jpg" | "jpeg" => Ok(OutputFormat::Jpeg),
@@ -158,8 +195,11 @@ fn output_format(path: &Path) -> Result<OutputFormat, EditCliError> {
 }
 
 fn load_tensor(path: &Path, name: &str) -> Result<candle_core::Tensor, EditCliError> {
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| EditCliError::Tensor { path: path.into(), reason: e.to_string() })?;
+    let mut tensors =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| EditCliError::Tensor {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     tensors.remove(name).ok_or_else(|| EditCliError::Tensor {
         path: path.into(),
         reason: format!("no tensor named `{name}`"),

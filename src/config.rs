@@ -122,6 +122,24 @@ pub struct ServeArgs {
     /// Accept plain `http://` image URLs (default: `https://` only).
     #[arg(long, env = "EDITD_ALLOW_HTTP_IMAGE_URLS")]
     pub allow_http_image_urls: bool,
+
+    /// Accept plain `http://` `callback_url`s (default: `https://` only). Private addresses
+    /// also need `--allow-private-networks`.
+    #[arg(long, env = "EDITD_ALLOW_HTTP_CALLBACKS")]
+    pub allow_http_callbacks: bool,
+
+    /// Callback retry base in milliseconds: the delay after attempt n is at most
+    /// base·2^(n-1) (capped), jittered into its upper half; a longer `Retry-After` wins.
+    #[arg(long, env = "EDITD_CALLBACK_RETRY_BASE_MS", default_value_t = 30_000)]
+    pub callback_retry_base_ms: u64,
+
+    /// Longest delay between two callback attempts, in milliseconds.
+    #[arg(long, env = "EDITD_CALLBACK_RETRY_CAP_MS", default_value_t = 7_200_000)]
+    pub callback_retry_cap_ms: u64,
+
+    /// Attempts per callback delivery before it fails with `ATTEMPTS_EXHAUSTED`.
+    #[arg(long, env = "EDITD_CALLBACK_MAX_ATTEMPTS", default_value_t = 6)]
+    pub callback_max_attempts: u32,
 }
 
 /// Errors found while validating the flags.
@@ -159,6 +177,10 @@ pub struct ServeConfig {
     pub url_ttl: Duration,
     pub allow_private_networks: bool,
     pub allow_http_image_urls: bool,
+    pub allow_http_callbacks: bool,
+    pub callback_retry_base: Duration,
+    pub callback_retry_cap: Duration,
+    pub callback_max_attempts: u32,
 }
 
 impl ServeConfig {
@@ -184,6 +206,10 @@ impl ServeConfig {
             url_ttl: Duration::from_secs(86_400),
             allow_private_networks: false,
             allow_http_image_urls: false,
+            allow_http_callbacks: false,
+            callback_retry_base: Duration::from_secs(30),
+            callback_retry_cap: Duration::from_secs(7200),
+            callback_max_attempts: 6,
         }
     }
 }
@@ -230,6 +256,12 @@ impl TryFrom<ServeArgs> for ServeConfig {
                 "must be at least 1".into(),
             ));
         }
+        if a.callback_max_attempts == 0 {
+            return Err(ConfigError::BadValue(
+                "callback-max-attempts",
+                "must be at least 1".into(),
+            ));
+        }
         let model_id = a.model_id.unwrap_or_else(|| default_model_id(&a.model));
         if model_id.is_empty() {
             return Err(ConfigError::BadValue(
@@ -259,6 +291,10 @@ impl TryFrom<ServeArgs> for ServeConfig {
             url_ttl: Duration::from_secs(a.url_ttl_secs),
             allow_private_networks: a.allow_private_networks,
             allow_http_image_urls: a.allow_http_image_urls,
+            allow_http_callbacks: a.allow_http_callbacks,
+            callback_retry_base: Duration::from_millis(a.callback_retry_base_ms),
+            callback_retry_cap: Duration::from_millis(a.callback_retry_cap_ms),
+            callback_max_attempts: a.callback_max_attempts,
         })
     }
 }

@@ -19,7 +19,14 @@ fn case_dir(ckpt: &str, case: &str) -> PathBuf {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Runs one fixture case and returns (max abs latent error, pixels off by more than 1/255).
@@ -27,7 +34,8 @@ fn run_case(ckpt: &str, case: &str) -> (f32, usize) {
     let dir = case_dir(ckpt, case);
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-    let refs = candle_core::safetensors::load(dir.join("tensors.safetensors"), &Device::Cpu).unwrap();
+    let refs =
+        candle_core::safetensors::load(dir.join("tensors.safetensors"), &Device::Cpu).unwrap();
     let tmp = tempfile_dir(&format!("{ckpt}-{case}"));
     let noise_path = tmp.join("noise.safetensors");
     candle_core::safetensors::save(
@@ -73,7 +81,8 @@ fn run_case(ckpt: &str, case: &str) -> (f32, usize) {
             meta["resolved_height"].as_u64().unwrap() as u32
         )
     );
-    let written = candle_core::safetensors::load(tmp.join("latents.safetensors"), &Device::Cpu).unwrap();
+    let written =
+        candle_core::safetensors::load(tmp.join("latents.safetensors"), &Device::Cpu).unwrap();
     let lat_err = max_abs(&written["latents"], &refs["latents"]);
 
     let png = image::open(tmp.join("out.png")).unwrap().to_rgb8();
@@ -85,7 +94,10 @@ fn run_case(ckpt: &str, case: &str) -> (f32, usize) {
     for (i, p) in png.pixels().enumerate() {
         for c in 0..3 {
             let diff = (p.0[c] as f32 - reference[c * plane + i]).abs();
-            assert!(diff <= 1.0, "{ckpt}/{case}: pixel {i} channel {c} off by {diff}");
+            assert!(
+                diff <= 1.0,
+                "{ckpt}/{case}: pixel {i} channel {c} off by {diff}"
+            );
             if diff > 0.0 {
                 off += 1;
             }

@@ -10,7 +10,11 @@ pub enum ModelError {
     #[error("missing file {path}: {reason}")]
     MissingFile { path: PathBuf, reason: String },
     #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
-    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tensor `{name}` missing from the checkpoint")]
     MissingTensor { name: String },
     #[error("unsupported config: {0}")]
@@ -22,7 +26,10 @@ pub enum ModelError {
     #[error("hub: {0}")]
     Hub(String),
     #[error("io error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bad input: {0}")]
     Input(String),
 }

@@ -106,7 +106,11 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// f32 on CPU, bf16 on a GPU (the default the server uses).
     pub fn default_for(device: Device) -> Self {
-        let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+        let dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        };
         Self { device, dtype }
     }
 }

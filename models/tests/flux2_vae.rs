@@ -73,11 +73,7 @@ fn patchify_channel_order_is_c4_py2_px() {
                 for (i, row) in pv[ci * 4 + py * 2 + px].iter().enumerate() {
                     for (j, &got) in row.iter().enumerate() {
                         let expect = (1000 * ci + 10 * (2 * i + py) + (2 * j + px)) as f32;
-                        assert_eq!(
-                            got,
-                            expect,
-                            "c{ci} py{py} px{px} ({i},{j})"
-                        );
+                        assert_eq!(got, expect, "c{ci} py{py} px{px} ({i},{j})");
                     }
                 }
             }

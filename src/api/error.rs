@@ -71,6 +71,9 @@ impl ApiError {
                 R::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
                 R::RunNotFound(_) => (StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
                 R::AssetNotFound(_) => (StatusCode::NOT_FOUND, "ASSET_NOT_FOUND"),
+                R::CallbackSecretNotFound(_) => {
+                    (StatusCode::NOT_FOUND, "CALLBACK_SECRET_NOT_FOUND")
+                }
                 R::ModelNotFound(_) => (StatusCode::NOT_FOUND, "MODEL_NOT_FOUND"),
                 R::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
                 R::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "QUEUE_FULL"),

@@ -4,9 +4,11 @@
 
 mod assets;
 mod auth;
+mod callbacks;
 mod error;
 mod extract;
 mod health;
+mod openai;
 mod openapi;
 mod runs;
 mod signing;
@@ -16,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,8 @@ pub use openapi::openapi_json;
 use crate::config::ServeConfig;
 use crate::engine::{EngineHandle, PipelineLoader};
 use crate::image_io::FetchPolicy;
+use crate::runs::callback_worker::{CallbackService, CallbackSettings};
+use crate::runs::callbacks::{CallbackStore, OutboxSettings, OutputRenderer, RetrySchedule};
 use crate::runs::service::{DataDir, RunService, ServiceSettings, MAX_ASSET_BYTES};
 use crate::runs::sqlite::SqliteStore;
 use crate::runs::store::RunStore;
@@ -43,6 +47,7 @@ pub(crate) const RUN_BODY_LIMIT: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub(crate) struct AppState {
     svc: Arc<RunService>,
+    callbacks: Arc<CallbackService>,
     keys: auth::KeySet,
     urls: UrlCtx,
     model_id: String,
@@ -80,11 +85,32 @@ fn router(st: AppState) -> Router {
                 .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(RUN_BODY_LIMIT))
                 .layer::<_, std::convert::Infallible>(Extension(BodyLimit(RUN_BODY_LIMIT))),
         )
+        .route(
+            "/v1/images/edits",
+            post(openai::images_edits)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(RUN_BODY_LIMIT)),
+        )
         .route("/v1/runs", get(runs::list_runs))
         .route("/v1/runs/{id}", get(runs::get_run))
         .route(
             "/v1/runs/{id}/cancellation",
             post(runs::cancel_run).layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)),
+        )
+        .route("/v1/runs/{id}/callback", get(callbacks::history))
+        .route(
+            "/v1/runs/{id}/callback-redeliveries",
+            post(callbacks::redeliver)
+                .layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody)),
+        )
+        .route(
+            "/v1/callback-secrets",
+            post(callbacks::create_secret)
+                .layer::<_, std::convert::Infallible>(Extension(AllowEmptyBody))
+                .get(callbacks::list_secrets),
+        )
+        .route(
+            "/v1/callback-secrets/{id}",
+            delete(callbacks::delete_secret),
         )
         .route("/v1/asset-uploads", post(assets::create_upload))
         .route(
@@ -177,24 +203,11 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
     }
     let db_path = data.db_path();
     let max_attempts = cfg.max_attempts;
-    let store = tokio::task::spawn_blocking(
-        move || -> Result<SqliteStore, crate::runs::store::StoreError> {
-            let s = SqliteStore::open(&db_path)?;
-            let rep = s.recover(max_attempts, crate::runs::now())?;
-            if rep.requeued > 0 || rep.exhausted > 0 {
-                tracing::warn!(
-                    requeued = rep.requeued,
-                    failed = rep.exhausted,
-                    "recovered runs left running by a previous process"
-                );
-            }
-            Ok(s)
-        },
-    )
-    .await
-    .map_err(|e| ServeError::Store(e.to_string()))?
-    .map_err(|e| ServeError::Store(e.to_string()))?;
-    let store: Arc<dyn RunStore> = Arc::new(store);
+    let sqlite = tokio::task::spawn_blocking(move || SqliteStore::open(&db_path))
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))?
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    let sqlite = Arc::new(sqlite);
 
     let bind = SocketAddr::new(cfg.host, cfg.port);
     let listener = tokio::net::TcpListener::bind(bind)
@@ -210,6 +223,66 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
+    let urls = UrlCtx {
+        base_url: base_url.clone(),
+        signer,
+        ttl_secs: cfg.url_ttl.as_secs(),
+    };
+    // Callback payloads carry the output as GET /v1/runs/{id} renders it (signed URLs).
+    let render: OutputRenderer = {
+        let urls = urls.clone();
+        Arc::new(move |run: &crate::runs::Run| {
+            serde_json::to_value(wire::render_run(run, &urls).output)
+                .unwrap_or(serde_json::Value::Null)
+        })
+    };
+    sqlite.set_outbox(OutboxSettings {
+        render: render.clone(),
+        max_attempts: cfg.callback_max_attempts,
+    });
+
+    let store = {
+        let s = sqlite.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), crate::runs::store::StoreError> {
+            let rep = s.recover(max_attempts, crate::runs::now())?;
+            if rep.requeued > 0 || rep.exhausted > 0 {
+                tracing::warn!(
+                    requeued = rep.requeued,
+                    failed = rep.exhausted,
+                    "recovered runs left running by a previous process"
+                );
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))?
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+        let s: Arc<dyn RunStore> = sqlite.clone();
+        s
+    };
+    let callback_policy = FetchPolicy {
+        allow_http: cfg.allow_http_callbacks,
+        allow_private: cfg.allow_private_networks,
+        connect_timeout: std::time::Duration::from_secs(5),
+        total_timeout: std::time::Duration::from_secs(10),
+        max_redirects: 0,
+        ..FetchPolicy::default()
+    };
+    let callback_svc = Arc::new(CallbackService::new(
+        sqlite.clone() as Arc<dyn CallbackStore>,
+        CallbackSettings {
+            schedule: RetrySchedule {
+                base: cfg.callback_retry_base,
+                cap: cfg.callback_retry_cap,
+            },
+            max_attempts: cfg.callback_max_attempts,
+            policy: callback_policy.clone(),
+            poll: std::time::Duration::from_millis(200),
+        },
+        render,
+    ));
+    let stop_callbacks = CancellationToken::new();
+    let callback_worker = tokio::spawn(callback_svc.clone().run_worker(stop_callbacks.clone()));
 
     let engine = EngineHandle::spawn(cfg.device.clone(), loader)?;
     let settings = ServiceSettings {
@@ -222,6 +295,7 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
             allow_private: cfg.allow_private_networks,
             ..FetchPolicy::default()
         },
+        callback_policy,
     };
     let svc = Arc::new(RunService::new(
         store,
@@ -233,12 +307,9 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
 
     let st = AppState {
         svc: svc.clone(),
+        callbacks: callback_svc,
         keys,
-        urls: UrlCtx {
-            base_url: base_url.clone(),
-            signer,
-            ttl_secs: cfg.url_ttl.as_secs(),
-        },
+        urls,
         model_id: cfg.model_id.clone(),
         aliases: cfg.model_aliases.clone(),
     };
@@ -266,7 +337,9 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
                 tracing::warn!(?timeout, "the current run did not finish in time; it will be re-queued at the next start");
             }
             stop_http.cancel();
+            stop_callbacks.cancel();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
+            let _ = callback_worker.await;
         })
     };
     Ok(Server {

@@ -48,7 +48,13 @@ impl OpenAiError {
         }
     }
     fn server(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind: "server_error", param: None, code: Some(code.into()) }
+        Self {
+            status,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some(code.into()),
+        }
     }
 }
 
@@ -57,7 +63,12 @@ impl IntoResponse for OpenAiError {
         let body = json!({"error": {
             "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
         }});
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
@@ -68,18 +79,34 @@ impl From<RunsError> for OpenAiError {
                 let first = errors.first();
                 let param = first
                     .and_then(|f| f.loc.last())
-                    .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
                     .unwrap_or_default();
-                let message = errors.iter().map(|f| f.msg.clone()).collect::<Vec<_>>().join("; ");
+                let message = errors
+                    .iter()
+                    .map(|f| f.msg.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 Self::invalid(&openai_param(&param), message)
             }
-            RunsError::QueueFull(_) => {
-                Self::server(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", e.to_string())
-            }
-            RunsError::Draining => {
-                Self::server(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", e.to_string())
-            }
-            other => Self::server(StatusCode::INTERNAL_SERVER_ERROR, "server_error", other.to_string()),
+            RunsError::QueueFull(_) => Self::server(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                e.to_string(),
+            ),
+            RunsError::Draining => Self::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                e.to_string(),
+            ),
+            other => Self::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                other.to_string(),
+            ),
         }
     }
 }
@@ -117,19 +144,26 @@ async fn read_form(mut mp: Multipart) -> Result<EditForm, OpenAiError> {
         match name.as_str() {
             "image" | "image[]" => {
                 if form.images.len() == MAX_IMAGES {
-                    return Err(OpenAiError::invalid("image", format!("at most {MAX_IMAGES} images")));
+                    return Err(OpenAiError::invalid(
+                        "image",
+                        format!("at most {MAX_IMAGES} images"),
+                    ));
                 }
-                form.images.push(field.bytes().await.map_err(read_err)?.to_vec());
+                form.images
+                    .push(field.bytes().await.map_err(read_err)?.to_vec());
             }
             "mask" => form.mask = Some(field.bytes().await.map_err(read_err)?.to_vec()),
-            "prompt" | "model" | "n" | "size" | "quality" | "output_format" | "output_compression"
-            | "background" | "input_fidelity" | "moderation" | "stream" | "partial_images"
-            | "response_format" | "user" => {
+            "prompt" | "model" | "n" | "size" | "quality" | "output_format"
+            | "output_compression" | "background" | "input_fidelity" | "moderation" | "stream"
+            | "partial_images" | "response_format" | "user" => {
                 let text = field.text().await.map_err(read_err)?;
                 form.text.insert(name, Value::String(text));
             }
             other => {
-                return Err(OpenAiError::invalid(other, format!("Unrecognized request argument supplied: {other}")));
+                return Err(OpenAiError::invalid(
+                    other,
+                    format!("Unrecognized request argument supplied: {other}"),
+                ));
             }
         }
     }
@@ -156,10 +190,14 @@ fn data_uri(bytes: &[u8], param: &str, index: usize) -> Result<String, OpenAiErr
 fn to_input(form: &EditForm) -> Result<(Value, String), OpenAiError> {
     let text = |k: &str| form.text.get(k).and_then(Value::as_str).map(str::trim);
     let mut input = Map::new();
-    let prompt = text("prompt").ok_or_else(|| OpenAiError::invalid("prompt", "prompt is required"))?;
+    let prompt =
+        text("prompt").ok_or_else(|| OpenAiError::invalid("prompt", "prompt is required"))?;
     input.insert("prompt".into(), json!(prompt));
     if form.images.is_empty() {
-        return Err(OpenAiError::invalid("image", "at least one image is required (image or image[])"));
+        return Err(OpenAiError::invalid(
+            "image",
+            "at least one image is required (image or image[])",
+        ));
     }
     let urls = form
         .images
@@ -172,9 +210,14 @@ fn to_input(form: &EditForm) -> Result<(Value, String), OpenAiError> {
         input.insert("mask_url".into(), json!(data_uri(mask, "mask", 0)?));
     }
     if let Some(n) = text("n") {
-        let n: u32 = n.parse().map_err(|_| OpenAiError::invalid("n", format!("n must be an integer, got {n:?}")))?;
+        let n: u32 = n
+            .parse()
+            .map_err(|_| OpenAiError::invalid("n", format!("n must be an integer, got {n:?}")))?;
         if !(1..=4).contains(&n) {
-            return Err(OpenAiError::invalid("n", format!("n must be between 1 and 4 on this server, got {n}")));
+            return Err(OpenAiError::invalid(
+                "n",
+                format!("n must be between 1 and 4 on this server, got {n}"),
+            ));
         }
         input.insert("num_images".into(), json!(n));
     }
@@ -184,28 +227,44 @@ fn to_input(form: &EditForm) -> Result<(Value, String), OpenAiError> {
             let (w, h) = s
                 .split_once('x')
                 .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-                .ok_or_else(|| OpenAiError::invalid("size", format!("size must be `auto` or WIDTHxHEIGHT, got {s:?}")))?;
+                .ok_or_else(|| {
+                    OpenAiError::invalid(
+                        "size",
+                        format!("size must be `auto` or WIDTHxHEIGHT, got {s:?}"),
+                    )
+                })?;
             input.insert("image_size".into(), json!({"width": w, "height": h}));
         }
     }
     let quality = match text("quality") {
         None | Some("auto") => "high",
         Some(q @ ("low" | "medium" | "high")) => q,
-        Some(q) => return Err(OpenAiError::invalid("quality", format!("quality must be auto, low, medium or high, got {q:?}"))),
+        Some(q) => {
+            return Err(OpenAiError::invalid(
+                "quality",
+                format!("quality must be auto, low, medium or high, got {q:?}"),
+            ))
+        }
     };
     input.insert("quality".into(), json!(quality));
     let format = match text("output_format") {
         None => "png",
         Some(f @ ("png" | "jpeg" | "webp")) => f,
-        Some(f) => return Err(OpenAiError::invalid("output_format", format!("output_format must be png, jpeg or webp, got {f:?}"))),
+        Some(f) => {
+            return Err(OpenAiError::invalid(
+                "output_format",
+                format!("output_format must be png, jpeg or webp, got {f:?}"),
+            ))
+        }
     };
     input.insert("output_format".into(), json!(format));
     if let Some(c) = text("output_compression") {
-        let c: u8 = c
-            .parse()
-            .ok()
-            .filter(|c| *c <= 100)
-            .ok_or_else(|| OpenAiError::invalid("output_compression", format!("output_compression must be 0-100, got {c:?}")))?;
+        let c: u8 = c.parse().ok().filter(|c| *c <= 100).ok_or_else(|| {
+            OpenAiError::invalid(
+                "output_compression",
+                format!("output_compression must be 0-100, got {c:?}"),
+            )
+        })?;
         input.insert("output_compression".into(), json!(c));
     }
     match text("background") {
@@ -216,10 +275,18 @@ fn to_input(form: &EditForm) -> Result<(Value, String), OpenAiError> {
                 "background `transparent` is not supported: the served model paints opaque images",
             ))
         }
-        Some(b) => return Err(OpenAiError::invalid("background", format!("background must be auto, opaque or transparent, got {b:?}"))),
+        Some(b) => {
+            return Err(OpenAiError::invalid(
+                "background",
+                format!("background must be auto, opaque or transparent, got {b:?}"),
+            ))
+        }
     }
     if matches!(text("stream"), Some("true" | "True" | "1")) {
-        return Err(OpenAiError::invalid("stream", "streaming partial images is not supported; omit `stream`"));
+        return Err(OpenAiError::invalid(
+            "stream",
+            "streaming partial images is not supported; omit `stream`",
+        ));
     }
     Ok((json!({ "input": input }), quality.to_string()))
 }
@@ -238,7 +305,13 @@ async fn edit(st: AppState, mp: Multipart) -> Result<Response, OpenAiError> {
     let patches_in: u64 = form
         .images
         .iter()
-        .filter_map(|b| image::ImageReader::new(std::io::Cursor::new(b)).with_guessed_format().ok()?.into_dimensions().ok())
+        .filter_map(|b| {
+            image::ImageReader::new(std::io::Cursor::new(b))
+                .with_guessed_format()
+                .ok()?
+                .into_dimensions()
+                .ok()
+        })
         .map(|(w, h)| (w as u64 * h as u64).min(1024 * 1024) / 256)
         .sum();
     let created = st.svc.create_run(&st.model_id, &body, None).await?;
@@ -256,31 +329,53 @@ async fn edit(st: AppState, mp: Multipart) -> Result<Response, OpenAiError> {
     match run.status {
         RunStatus::Succeeded => {}
         RunStatus::Canceled => {
-            return Err(OpenAiError::server(StatusCode::CONFLICT, "canceled", format!("run {id} was canceled")))
+            return Err(OpenAiError::server(
+                StatusCode::CONFLICT,
+                "canceled",
+                format!("run {id} was canceled"),
+            ))
         }
         _ => {
             let f = run.failure.as_ref();
-            let message = f.map(|f| f.message.clone()).unwrap_or_else(|| "the edit failed".into());
+            let message = f
+                .map(|f| f.message.clone())
+                .unwrap_or_else(|| "the edit failed".into());
             let code = f.map(|f| f.code.clone()).unwrap_or_default();
             let client_side = f.is_some_and(|f| f.stage == "input" || f.code == "INVALID_INPUT");
             return Err(if client_side {
                 OpenAiError::invalid("image", format!("run {id}: {message}"))
             } else {
-                OpenAiError::server(StatusCode::INTERNAL_SERVER_ERROR, &code.to_lowercase(), format!("run {id}: {message}"))
+                OpenAiError::server(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &code.to_lowercase(),
+                    format!("run {id}: {message}"),
+                )
             });
         }
     }
-    let output = run
-        .output
-        .ok_or_else(|| OpenAiError::server(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "run has no output"))?;
+    let output = run.output.ok_or_else(|| {
+        OpenAiError::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "run has no output",
+        )
+    })?;
     let mut data = Vec::new();
     let (mut w, mut h) = (0, 0);
     for img in &output.images {
         let bytes = match (&img.file, &img.data_uri) {
             (Some(file), _) => st.svc.read_output(id, file).await?.0,
-            (None, Some(uri)) => crate::image_io::parse_data_uri(uri, usize::MAX)
-                .map_err(|e| OpenAiError::server(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()))?
-                .1,
+            (None, Some(uri)) => {
+                crate::image_io::parse_data_uri(uri, usize::MAX)
+                    .map_err(|e| {
+                        OpenAiError::server(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "server_error",
+                            e.to_string(),
+                        )
+                    })?
+                    .1
+            }
             (None, None) => continue,
         };
         (w, h) = (img.width, img.height);
@@ -301,5 +396,10 @@ async fn edit(st: AppState, mp: Multipart) -> Result<Response, OpenAiError> {
             "total_tokens": patches_in + patches_out,
         },
     });
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], reply.to_string()).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_string(),
+    )
+        .into_response())
 }

@@ -31,6 +31,11 @@ impl Modify for BearerAuth {
         super::runs::get_run,
         super::runs::list_runs,
         super::runs::cancel_run,
+        super::callbacks::history,
+        super::callbacks::redeliver,
+        super::callbacks::create_secret,
+        super::callbacks::list_secrets,
+        super::callbacks::delete_secret,
         super::assets::create_upload,
         super::assets::put_upload,
         super::assets::confirm_upload,
@@ -43,12 +48,16 @@ impl Modify for BearerAuth {
     components(schemas(
         ErrorBody, ErrorItem, CreateRunRequest, EditInput, RunObject, RunOutputWire, OutputEntry,
         RunErrorWire, ProgressWire, RunList, AssetUploadRequest, AssetUploadResponse, AssetObject,
-        HealthBody, ReadinessBody, MeBody, UploadedBody
+        HealthBody, ReadinessBody, MeBody, UploadedBody,
+        super::callbacks::CallbackSecretObject, super::callbacks::CallbackSecretList,
+        super::callbacks::CallbackAttemptObject, super::callbacks::CallbackDeliveryObject,
+        super::callbacks::CallbackHistory
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "runs", description = "Create, poll, list and cancel edit runs"),
         (name = "assets", description = "Upload input images"),
+        (name = "callbacks", description = "Signed callbacks: secrets, delivery history, redelivery"),
         (name = "health", description = "Probes and key check"),
     )
 )]

@@ -37,12 +37,18 @@ pub fn parse_device(spec: &str) -> Result<Device, PipelineError> {
 /// Parses a dtype name; `None` picks f32 on the CPU and bf16 on a GPU.
 pub fn parse_dtype(spec: Option<&str>, device: &Device) -> Result<DType, PipelineError> {
     match spec.map(|s| s.trim().to_ascii_lowercase()) {
-        None => Ok(if device.is_cpu() { DType::F32 } else { DType::BF16 }),
+        None => Ok(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        }),
         Some(s) => match s.as_str() {
             "f32" => Ok(DType::F32),
             "bf16" => Ok(DType::BF16),
             "f16" => Ok(DType::F16),
-            _ => Err(PipelineError::Load(format!("dtype `{s}`: expected f32, bf16 or f16"))),
+            _ => Err(PipelineError::Load(format!(
+                "dtype `{s}`: expected f32, bf16 or f16"
+            ))),
         },
     }
 }
@@ -58,7 +64,10 @@ mod tests {
         assert!(parse_device("tpu").is_err());
         assert!(parse_device("cuda:x").is_err());
         assert_eq!(parse_dtype(None, &Device::Cpu).unwrap(), DType::F32);
-        assert_eq!(parse_dtype(Some("bf16"), &Device::Cpu).unwrap(), DType::BF16);
+        assert_eq!(
+            parse_dtype(Some("bf16"), &Device::Cpu).unwrap(),
+            DType::BF16
+        );
         assert!(parse_dtype(Some("f8"), &Device::Cpu).is_err());
     }
 }

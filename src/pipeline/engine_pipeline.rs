@@ -21,7 +21,11 @@ impl EditPipeline for ModelPipeline {
         self.defaults.clone()
     }
 
-    fn run(&mut self, job: &EditInputs, ctx: &mut dyn StepCtx) -> Result<EditOutput, PipelineError> {
+    fn run(
+        &mut self,
+        job: &EditInputs,
+        ctx: &mut dyn StepCtx,
+    ) -> Result<EditOutput, PipelineError> {
         let models = Models {
             text: self.text.as_ref(),
             dit: self.dit.as_ref(),

@@ -8,7 +8,10 @@ use editd_models::traits::PositionIds;
 /// `(B, C, h, w)` → `(B, h·w, C)`, token `n = y·w + x`.
 pub fn pack(latents: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = latents.dims4()?;
-    latents.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
+    latents
+        .reshape((b, c, h * w))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// `(B, h·w, C)` → `(B, C, h, w)` (the inverse of [`pack`]; tokens are in row-major grid order).

@@ -30,8 +30,14 @@ pub fn load_model_pipeline(cfg: &PipelineConfig) -> Result<ModelPipeline, Pipeli
     let device = parse_device(&cfg.device)?;
     let dtype = parse_dtype(cfg.dtype.as_deref(), &device)?;
     let source = ModelSource::parse(&cfg.model).map_err(|e| PipelineError::Load(e.to_string()))?;
-    let opts = LoadOptions { device: device.clone(), dtype };
-    let hub = HubOptions { offline: cfg.offline, ..HubOptions::default() };
+    let opts = LoadOptions {
+        device: device.clone(),
+        dtype,
+    };
+    let hub = HubOptions {
+        offline: cfg.offline,
+        ..HubOptions::default()
+    };
     let klein = Flux2Klein::load_with_hub(&source, &hub, &opts)
         .map_err(|e| PipelineError::Load(format!("{}: {e}", cfg.model)))?;
     let is_distilled = klein.is_distilled;
@@ -46,7 +52,11 @@ pub fn load_model_pipeline(cfg: &PipelineConfig) -> Result<ModelPipeline, Pipeli
         text: Box::new(klein.text_encoder),
         dit: Box::new(klein.transformer),
         vae: Box::new(klein.vae),
-        settings: SamplerSettings { device, dtype, is_distilled },
+        settings: SamplerSettings {
+            device,
+            dtype,
+            is_distilled,
+        },
         defaults,
     })
 }

@@ -56,7 +56,8 @@ fn distance_to_keep(bin: &[bool], w: usize, h: usize) -> Vec<f32> {
     const INF: u32 = u32::MAX / 4;
     let mut d: Vec<u32> = bin.iter().map(|&m| if m { INF } else { 0 }).collect();
     let at = |x: isize, y: isize| -> Option<usize> {
-        (x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h).then(|| y as usize * w + x as usize)
+        (x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h)
+            .then(|| y as usize * w + x as usize)
     };
     for y in 0..h as isize {
         for x in 0..w as isize {
@@ -98,9 +99,9 @@ pub fn paste_back(generated: &RgbImage, source: &RgbImage, bin: &[bool]) -> RgbI
         }
         // A repaint pixel next to a keep pixel has distance 1: alpha grows from 1/feather.
         let a = (dist[i] / feather).min(1.0);
-        for c in 0..3 {
-            let v = a * p.0[c] as f32 + (1.0 - a) * s[c] as f32;
-            p.0[c] = v.round().clamp(0.0, 255.0) as u8;
+        for (g, &k) in p.0.iter_mut().zip(&s) {
+            let v = a * *g as f32 + (1.0 - a) * k as f32;
+            *g = v.round().clamp(0.0, 255.0) as u8;
         }
     }
     out

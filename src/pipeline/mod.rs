@@ -94,7 +94,8 @@ pub enum PipelineError {
 /// One loaded edit model, ready to run jobs. Owned by exactly one engine thread.
 pub trait EditPipeline: Send {
     fn defaults(&self) -> PipelineDefaults;
-    fn run(&mut self, job: &EditInputs, ctx: &mut dyn StepCtx) -> Result<EditOutput, PipelineError>;
+    fn run(&mut self, job: &EditInputs, ctx: &mut dyn StepCtx)
+        -> Result<EditOutput, PipelineError>;
 }
 
 /// Wall-clock helper for stage timings.

@@ -58,7 +58,13 @@ mod tests {
     #[test]
     fn distilled_profiles_only_cap_area() {
         let d = defaults(true);
-        assert_eq!(profile(&d, Quality::Low), Profile { max_area: 262_144, steps: 4 });
+        assert_eq!(
+            profile(&d, Quality::Low),
+            Profile {
+                max_area: 262_144,
+                steps: 4
+            }
+        );
         assert_eq!(profile(&d, Quality::High).steps, 4);
         assert_eq!(profile(&d, Quality::High).max_area, 2_097_152);
     }

@@ -11,7 +11,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use editd_models::traits::{DenoiseInput, Denoiser, LatentCodec, PositionIds, PromptEmbeds, TextEncoder};
+use editd_models::traits::{
+    DenoiseInput, Denoiser, LatentCodec, PositionIds, PromptEmbeds, TextEncoder,
+};
 use image::RgbImage;
 
 use super::latents::{pack, reference_time_offset, target_ids, unpack};
@@ -75,7 +77,11 @@ pub fn sample(
     let t = Instant::now();
     let prompt = models.text.encode(std::slice::from_ref(&job.prompt))?;
     let cfg = !settings.is_distilled && job.guidance > 1.0;
-    let negative = if cfg { Some(models.text.encode(&[String::new()])?) } else { None };
+    let negative = if cfg {
+        Some(models.text.encode(&[String::new()])?)
+    } else {
+        None
+    };
     timings.text_encode_ms = ms(t.elapsed());
 
     let t = Instant::now();
@@ -203,13 +209,25 @@ fn encode_references(
         let latents = encode_image(models, settings, &prepared)?;
         let (_, _, h, w) = latents.dims4()?;
         tokens.push(pack(&latents)?);
-        ids = ids.concat(&PositionIds::image_grid(reference_time_offset(k + first_index), h, w));
+        ids = ids.concat(&PositionIds::image_grid(
+            reference_time_offset(k + first_index),
+            h,
+            w,
+        ));
     }
-    let tokens = if tokens.is_empty() { None } else { Some(Tensor::cat(&tokens, 1)?) };
+    let tokens = if tokens.is_empty() {
+        None
+    } else {
+        Some(Tensor::cat(&tokens, 1)?)
+    };
     Ok((Conditioning { tokens, ids }, first))
 }
 
-fn encode_image(models: &Models<'_>, s: &SamplerSettings, img: &RgbImage) -> Result<Tensor, PipelineError> {
+fn encode_image(
+    models: &Models<'_>,
+    s: &SamplerSettings,
+    img: &RgbImage,
+) -> Result<Tensor, PipelineError> {
     let x = image_to_tensor(img, &s.device)?.to_dtype(s.dtype)?;
     Ok(models.vae.encode(&x)?.to_dtype(DType::F32)?)
 }
@@ -226,7 +244,9 @@ fn prepare_inpaint(
     let (w, h) = match job.size {
         Some(size) => floor16(size.0, size.1),
         None => {
-            let cap = job.max_area.map_or(REFERENCE_MAX_AREA, |c| c.min(REFERENCE_MAX_AREA));
+            let cap = job
+                .max_area
+                .map_or(REFERENCE_MAX_AREA, |c| c.min(REFERENCE_MAX_AREA));
             let (cw, ch) = capped_size(sw, sh, cap);
             floor16(cw, ch)
         }
@@ -240,7 +260,8 @@ fn prepare_inpaint(
     let pixel_mask = binarize(&resize_mask_exact(mask, w, h));
     let (lh, lw) = ((h / scale) as usize, (w / scale) as usize);
     let tm = token_mask(&pixel_mask, w as usize, h as usize, lw, lh);
-    let mask_t = Tensor::from_vec(tm, (1, lh * lw, 1), &Device::Cpu)?.to_device(&settings.device)?;
+    let mask_t =
+        Tensor::from_vec(tm, (1, lh * lw, 1), &Device::Cpu)?.to_device(&settings.device)?;
     let source = encode_image(models, settings, &source_image)?;
     let source_packed = pack(&source)?;
     let (extra, _) = encode_references(models, settings, &job.images[1..], 1)?;
@@ -254,8 +275,18 @@ fn prepare_inpaint(
             job.strength, job.steps
         )));
     }
-    let cond = Conditioning { tokens: Some(Tensor::cat(&tokens, 1)?), ids };
-    let inp = Inpaint { source, source_packed, mask: mask_t, start, source_image, pixel_mask };
+    let cond = Conditioning {
+        tokens: Some(Tensor::cat(&tokens, 1)?),
+        ids,
+    };
+    let inp = Inpaint {
+        source,
+        source_packed,
+        mask: mask_t,
+        start,
+        source_image,
+        pixel_mask,
+    };
     Ok((w, h, cond, inp))
 }
 
@@ -306,7 +337,11 @@ fn denoise(
                 timestep: schedule.model_timestep(j),
                 guidance: Some(guidance),
             };
-            Ok(models.dit.velocity(&input)?.narrow(1, 0, n_tokens)?.to_dtype(DType::F32)?)
+            Ok(models
+                .dit
+                .velocity(&input)?
+                .narrow(1, 0, n_tokens)?
+                .to_dtype(DType::F32)?)
         };
         let mut v = velocity(prompt)?;
         if let Some(neg) = negative {

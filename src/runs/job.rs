@@ -88,6 +88,9 @@ pub struct EditJob {
     pub guidance_scale: Option<f32>,
     pub strength: f32,
     pub paste_back: bool,
+    /// JPEG/WebP quality 0–100 (extension, as OpenAI's `output_compression`); `None` = default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_compression: Option<u8>,
 }
 
 impl EditJob {

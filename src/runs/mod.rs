@@ -3,6 +3,8 @@
 //! [`RunService`](service::RunService) facade the API calls, and the supervisor that feeds the
 //! engine. This layer knows neither axum nor candle.
 
+pub mod callback_sign;
+pub mod callback_worker;
 pub mod callbacks;
 pub mod inputs;
 pub mod job;
@@ -180,6 +182,8 @@ pub enum RunsError {
     RunNotFound(String),
     #[error("asset {0} not found")]
     AssetNotFound(String),
+    #[error("callback secret {0} not found")]
+    CallbackSecretNotFound(String),
     #[error("model {0:?} is not served here")]
     ModelNotFound(String),
     #[error("{0}")]

@@ -105,6 +105,8 @@ pub struct RunService {
     base_url: String,
     /// Fetches and decodes inputs (the supervisor's) and checks URLs at admission.
     pub(crate) inputs: InputLoader,
+    /// Checks `callback_url` at admission.
+    callback_fetcher: crate::image_io::Fetcher,
 }
 
 impl std::fmt::Debug for RunService {
@@ -130,6 +132,8 @@ pub struct ServiceSettings {
     pub max_queue: u64,
     pub base_url: String,
     pub fetch_policy: FetchPolicy,
+    /// SSRF policy of `callback_url` (checked at creation and again at every send).
+    pub callback_policy: FetchPolicy,
 }
 
 impl RunService {
@@ -152,6 +156,7 @@ impl RunService {
             active: Mutex::new(HashMap::new()),
             base_url: settings.base_url,
             inputs: InputLoader::new(data_for_inputs, settings.fetch_policy),
+            callback_fetcher: crate::image_io::Fetcher::new(settings.callback_policy),
         }
     }
 
@@ -224,6 +229,13 @@ impl RunService {
                 .map_err(RunsError::Validation)?;
         let mut assets = Vec::new();
         let mut errors = Vec::new();
+        if let Some(u) = &req.callback_url {
+            if let Err(e) =
+                super::callback_worker::check_callback_url(&self.callback_fetcher, u).await
+            {
+                errors.push(e);
+            }
+        }
         let fields: Vec<(Vec<Value>, &mut String)> = {
             let mut v: Vec<(Vec<Value>, &mut String)> = req
                 .job

@@ -9,26 +9,31 @@
 //! does anyway; WAL lets the file be read by tools while the server runs.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
 
-use super::callbacks;
+use super::callbacks::{self, OutboxSettings};
 use super::job::EditJob;
 use super::store::*;
 use rows::*;
 
+#[path = "sqlite_callbacks.rs"]
+mod callback_rows;
 #[path = "sqlite_rows.rs"]
 mod rows;
 use super::{Asset, Failure, Progress, Run, RunStatus};
+pub(crate) use callback_rows::insert_delivery_tx;
 
 const NON_TERMINAL: &str = "('queued','dispatching','running')";
 
 /// SQLite-backed [`RunStore`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// How terminal runs become callback outbox rows (set once by the server at start).
+    outbox: OnceLock<OutboxSettings>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -43,6 +48,7 @@ fn finish_tx(
     id: &str,
     end: &Terminal,
     now: DateTime<Utc>,
+    outbox: &OutboxSettings,
 ) -> Result<Option<Run>, StoreError> {
     let (status, output, failure) = match end {
         Terminal::Succeeded(o) => (RunStatus::Succeeded, Some(to_json(o)), None),
@@ -71,7 +77,7 @@ fn finish_tx(
     }
     let run =
         get_run_tx(tx, id)?.ok_or_else(|| StoreError::Corrupt("finished run vanished".into()))?;
-    callbacks::on_terminal(tx, &run)?;
+    callbacks::on_terminal(tx, &run, outbox)?;
     Ok(Some(run))
 }
 
@@ -86,9 +92,22 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(callback_rows::CALLBACK_SCHEMA)
+            .map_err(db)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            outbox: OnceLock::new(),
         })
+    }
+
+    /// Sets how callback payloads are rendered (call before the first terminal transition);
+    /// false if it was already set.
+    pub fn set_outbox(&self, settings: OutboxSettings) -> bool {
+        self.outbox.set(settings).is_ok()
+    }
+
+    fn outbox(&self) -> &OutboxSettings {
+        self.outbox.get_or_init(OutboxSettings::default)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -359,7 +378,7 @@ impl RunStore for SqliteStore {
         let tx = c
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
-        let run = finish_tx(&tx, &id.to_string(), &end, now)?;
+        let run = finish_tx(&tx, &id.to_string(), &end, now, self.outbox())?;
         tx.commit().map_err(db)?;
         Ok(run)
     }
@@ -376,7 +395,8 @@ impl RunStore for SqliteStore {
         let out = match run.status {
             s if s.is_terminal() => CancelOutcome::AlreadyTerminal(run),
             RunStatus::Queued => {
-                let run = finish_tx(&tx, &sid, &Terminal::Canceled, now)?.unwrap_or(run);
+                let run =
+                    finish_tx(&tx, &sid, &Terminal::Canceled, now, self.outbox())?.unwrap_or(run);
                 CancelOutcome::Canceled(run)
             }
             _ => {
@@ -409,14 +429,14 @@ impl RunStore for SqliteStore {
         let mut report = RecoverReport::default();
         for (id, attempts, cancel) in stale {
             if cancel {
-                finish_tx(&tx, &id, &Terminal::Canceled, now)?;
+                finish_tx(&tx, &id, &Terminal::Canceled, now, self.outbox())?;
             } else if attempts >= max_attempts {
                 let f = Failure::new(
                     "ATTEMPTS_EXHAUSTED",
                     "dispatch",
                     format!("the server stopped while running this run {attempts} times (limit {max_attempts})"),
                 );
-                finish_tx(&tx, &id, &Terminal::Failed(f), now)?;
+                finish_tx(&tx, &id, &Terminal::Failed(f), now, self.outbox())?;
                 report.exhausted += 1;
             } else {
                 tx.execute(

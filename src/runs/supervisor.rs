@@ -203,6 +203,7 @@ async fn write_outputs(
 ) -> Result<RunOutput, Failure> {
     let fmt: OutputFormat = run.job.output_format.into();
     let sync = run.job.sync_mode;
+    let compression = run.job.output_compression;
     let dir = svc.data.output_dir(run.id);
     let seed = out.seeds.first().copied().unwrap_or(run.job.seed);
     let pipeline_timing = serde_json::to_value(&out.timings).unwrap_or(Value::Null);
@@ -213,7 +214,7 @@ async fn write_outputs(
         }
         let mut v = Vec::with_capacity(out.images.len());
         for (i, img) in out.images.iter().enumerate() {
-            let bytes = image_io::encode_image(img, fmt, None)
+            let bytes = image_io::encode_image(img, fmt, compression)
                 .map_err(|e| Failure::new(e.code(), "output", e.to_string()))?;
             let seed = out.seeds.get(i).copied().unwrap_or(seed + i as u64);
             let (file, data_uri) = if sync {

@@ -33,6 +33,7 @@ const INPUT_FIELDS: &[&str] = &[
     "guidance_scale",
     "strength",
     "paste_back",
+    "output_compression",
 ];
 
 struct V {
@@ -381,6 +382,9 @@ pub fn validate_request(
         .map(|s| s as f32)
         .unwrap_or(1.0);
     let paste_back = v.opt_bool(input, &["input", "paste_back"]).unwrap_or(true);
+    let output_compression = v
+        .opt_int(input, &["input", "output_compression"], 0, 100)
+        .map(|c| c as u8);
 
     if !v.errors.is_empty() {
         return Err(v.errors);
@@ -402,6 +406,7 @@ pub fn validate_request(
         guidance_scale: guidance,
         strength,
         paste_back,
+        output_compression,
     };
     if let Some(d) = defaults {
         job.resolve_defaults(d);
