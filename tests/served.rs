@@ -254,7 +254,7 @@ async fn openai_images_edits_answers_the_official_client_shape() {
                 .unwrap()
                 .to_rgb8()
                 .dimensions(),
-            (64, 48)
+            (80, 64)
         );
     }
     // The run went through the same queue and store.

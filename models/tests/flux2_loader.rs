@@ -2,6 +2,9 @@
 //! offline from a hub-cache layout, sharded safetensors, BFL single-file transformers, and the
 //! errors for missing files, missing tensors and wrong shapes.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -90,19 +93,6 @@ fn copy_tree(src: &Path, dst: &Path) {
 fn encode(ckpt: &Flux2Checkpoint) -> Tensor {
     let enc = load_text_encoder(ckpt, &cpu()).unwrap();
     enc.encode(&["a red bicycle".to_string()]).unwrap().embeds
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

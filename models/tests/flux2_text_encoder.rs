@@ -3,6 +3,9 @@
 //! template text, token ids + mask, and `prompt_embeds` in f32 on CPU; plus the real Qwen3-4B
 //! config and the exact tensors the encoder requests from a klein-4B checkpoint.
 
+mod common;
+use common::max_abs_diff;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -111,16 +114,7 @@ fn check_embeds(name: &str) {
         case.prompt_embeds.dims(),
         "{name}: prompt_embeds shape"
     );
-    let err = (out.embeds - &case.prompt_embeds)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = max_abs_diff(&out.embeds, &case.prompt_embeds);
     let scale = case
         .prompt_embeds
         .abs()

@@ -6,6 +6,9 @@
 //! single-file map (`loaders/single_file_utils.py`), and checks that the model requests exactly
 //! the tensors of the real FLUX.2 [klein] 4B checkpoint without allocating them.
 
+mod common;
+use common::*;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,31 +46,6 @@ fn ids_from(t: &Tensor) -> PositionIds {
             .map(|r| [r[0] as u32, r[1] as u32, r[2] as u32, r[3] as u32])
             .collect(),
     )
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Runs the reference forward of `<name>/reference/transformer.safetensors` with `model`.

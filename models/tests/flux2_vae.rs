@@ -2,6 +2,9 @@
 //! `AutoencoderKLFlux2` fixtures (written by `tests/fixtures/make_fixtures.py`), plus the latent
 //! layout helpers and the real klein-4B checkpoint names/shapes.
 
+mod common;
+use common::*;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,20 +23,6 @@ const TOL: f32 = 1e-3;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(FIXTURES).join(rel)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn load_tensors(path: &Path) -> HashMap<String, Tensor> {

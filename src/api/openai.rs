@@ -291,7 +291,24 @@ fn to_input(form: &EditForm) -> Result<(Value, String), OpenAiError> {
     Ok((json!({ "input": input }), quality.to_string()))
 }
 
-/// `POST /v1/images/edits`.
+/// OpenAI-compatible image edit: multipart `image`/`image[]` (1–16), `mask`, `prompt`, `model`,
+/// `n` (1–4), `size` (`auto` or `WxH`), `quality`, `output_format`, `output_compression`.
+/// Waits for the run and answers `{created, data:[{b64_json}], …}`; errors are
+/// `{error:{message,type,param,code}}`.
+#[utoipa::path(
+    post,
+    path = "/v1/images/edits",
+    tag = "openai",
+    request_body(content_type = "multipart/form-data", description = "OpenAI images.edit form"),
+    responses(
+        (status = 200, description = "`{created, data:[{b64_json}], background, output_format, quality, size, usage}`"),
+        (status = 400, description = "`{error:{message,type,param,code}}`"),
+        (status = 401, description = "Missing or invalid API key"),
+        (status = 429, description = "Queue full"),
+        (status = 503, description = "Shutting down"),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn images_edits(State(st): State<AppState>, mp: Multipart) -> Response {
     match edit(st, mp).await {
         Ok(r) => r,

@@ -31,6 +31,7 @@ impl Modify for BearerAuth {
         super::runs::get_run,
         super::runs::list_runs,
         super::runs::cancel_run,
+        super::openai::images_edits,
         super::callbacks::history,
         super::callbacks::redeliver,
         super::callbacks::create_secret,
@@ -56,6 +57,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags(
         (name = "runs", description = "Create, poll, list and cancel edit runs"),
+        (name = "openai", description = "OpenAI-compatible image edits (multipart), served through the same run queue"),
         (name = "assets", description = "Upload input images"),
         (name = "callbacks", description = "Signed callbacks: secrets, delivery history, redelivery"),
         (name = "health", description = "Probes and key check"),
