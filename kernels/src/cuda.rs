@@ -164,7 +164,7 @@ fn rms_norm_rows_t<T: DeviceRepr + WithDType>(
 ) -> Result<CudaSlice<T>> {
     let n = ls[0].shape().elem_count();
     let d = ls[1].shape().elem_count();
-    let rows = if d == 0 { 0 } else { n / d };
+    let rows = n.checked_div(d).unwrap_or(0);
     let (x, w) = (
         view(x, ls[0], "rms_norm_heads: x")?,
         view(w, ls[1], "rms_norm_heads: w")?,

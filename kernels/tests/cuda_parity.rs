@@ -1,8 +1,10 @@
-//! GPU tests (`--features cuda`, `#[ignore]`: run with `cargo test -p editd-kernels --features
-//! cuda -- --ignored` on a machine with a GPU): each CUDA op against its CPU reference on random
-//! inputs with odd shapes in f32/f16/bf16. Bounds: f32 1e-5, f16 5e-3, bf16 2e-2 of the largest
-//! reference magnitude (attention: f32 1e-4, f16 1e-2, bf16 3e-2, because cuBLAS and the CPU sum
-//! in different orders and the GPU keeps the input dtype for the matmuls).
+//! GPU tests (`--features cuda`, `#[ignore]`: build with `cargo test --release --features cuda
+//! -p editd -p editd-kernels --test cuda_parity --no-run` (naming `editd` too keeps the feature
+//! set of the binary build) and run with `--ignored` on a machine with a GPU): each CUDA op
+//! against its CPU reference on random inputs with odd shapes in f32/f16/bf16. Bounds: f32 1e-5,
+//! f16 5e-3, bf16 2e-2 of the largest reference magnitude (attention: f32 1e-4, f16 1e-2, bf16
+//! 3e-2, because cuBLAS and the CPU sum in different orders and the GPU keeps the input dtype for
+//! the matmuls).
 #![cfg(feature = "cuda")]
 
 mod common;

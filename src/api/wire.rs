@@ -44,7 +44,8 @@ impl UrlCtx {
 #[allow(dead_code)]
 pub struct CreateRunRequest {
     pub input: EditInput,
-    /// POSTed when the run is terminal (stored; delivery arrives with a later release).
+    /// POSTed (signed, retried) when the run is terminal; `https` only unless the server allows
+    /// `http`/private networks. See `GET /v1/runs/{id}/callback`.
     pub callback_url: Option<String>,
     /// Free-form object, echoed back.
     #[schema(value_type = Option<Object>)]

@@ -185,3 +185,53 @@ fn pages_walk_both_ways() {
     even.limit = 10;
     assert_eq!(s.list_runs(&even).unwrap().items.len(), 4);
 }
+
+#[test]
+fn terminal_transition_writes_the_callback_outbox_row_once() {
+    use crate::runs::callbacks::{AttemptOutcome, CallbackStore, DeliveryStatus};
+    let (_d, s) = store();
+    let now = crate::runs::now();
+    let mut with = new_run(None);
+    with.callback_url = Some("https://example.com/hook".into());
+    let with = created(s.insert_run(with, 10).unwrap());
+    let without = created(s.insert_run(new_run(None), 10).unwrap());
+    s.finish(without.id, Terminal::Canceled, now).unwrap();
+    assert!(s.deliveries_for_run(without.id).unwrap().is_empty());
+    let f = Failure::new("BOOM", "inference", "broke");
+    s.finish(with.id, Terminal::Failed(f.clone()), now).unwrap();
+    // a second terminal transition is refused, so no second row
+    assert!(s
+        .finish(with.id, Terminal::Canceled, now)
+        .unwrap()
+        .is_none());
+    let due = s.due_deliveries(now, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    let d = &due[0];
+    assert_eq!(d.run_id, with.id);
+    assert!(d.is_automatic);
+    assert_eq!(d.status, DeliveryStatus::Pending);
+    let env: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+    assert_eq!(env["event"], "run.failed");
+    assert_eq!(env["output"]["code"], "BOOM");
+    assert!(env["completed_at"].as_str().unwrap().ends_with("+00:00"));
+    // a retry keeps the bytes and moves the due time
+    let later = now + chrono::Duration::seconds(60);
+    let a = crate::runs::callbacks::Attempt {
+        id: Uuid::now_v7(),
+        delivery_id: d.id,
+        attempt_number: 1,
+        status_code: Some(500),
+        response_body: Some("no".into()),
+        response_time_ms: 3,
+        error_message: Some("HTTP 500".into()),
+        created_at: now,
+    };
+    s.record_attempt(&a, &AttemptOutcome::RetryAt(later), None)
+        .unwrap();
+    assert!(s.due_deliveries(now, 10).unwrap().is_empty());
+    let again = s.due_deliveries(later, 10).unwrap();
+    assert_eq!(again[0].payload, d.payload);
+    assert_eq!(again[0].attempt_count, 1);
+    let hist = s.deliveries_for_run(with.id).unwrap();
+    assert_eq!(hist[0].attempts, vec![a]);
+}
