@@ -23,7 +23,7 @@ pub enum EditCliError {
         path: PathBuf,
         source: image_io::ImageIoError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("{path}: {reason}")]
     Tensor { path: PathBuf, reason: String },

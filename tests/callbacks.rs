@@ -507,3 +507,45 @@ async fn the_outbox_survives_a_restart() {
     assert_eq!(env["run_id"], id.as_str());
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_url_the_guard_refuses_at_send_time_fails_without_connecting() {
+    // accepted at submit (private networks allowed), refused at send after a restart without
+    // the flag: the guard runs again at every attempt, and nothing is connected to
+    // 500 so that an attempt racing the stop leaves the delivery pending, not delivered
+    let (rx, addr) = receiver(vec![("/late".into(), vec![(500, vec![])])]).await;
+    let ts = start_with(never_loads(), fast_callbacks).await;
+    let run = ts
+        .create(&with_callback("x", format!("http://{addr}/late")))
+        .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let r = ts
+        .post(&format!("/v1/runs/{id}/cancellation"), &json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    // the canceled run's delivery row is written in the cancel's transaction
+    let dir = ts.stop().await;
+    rx.hits.lock().unwrap().clear();
+    let ts = start_in(dir, never_loads(), |c| {
+        fast_callbacks(c);
+        c.allow_private_networks = false;
+    })
+    .await;
+    let d = wait_delivery_done(&ts, &id, 0).await;
+    assert_eq!(d["status_code"], "failed", "{d}");
+    assert_eq!(d["failure_reason_code"], "URL_NOT_ALLOWED", "{d}");
+    let last = d["attempts"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["status_code"].is_null(), "{d}");
+    assert!(
+        last["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
+        "{d}"
+    );
+    let env: Value = serde_json::from_str(d["payload_bytes"].as_str().unwrap()).unwrap();
+    assert_eq!(env["event"], "run.cancelled");
+    assert!(env["output"].is_null());
+    assert!(rx.hits("/late").is_empty(), "nothing was connected to");
+    ts.stop().await;
+}
