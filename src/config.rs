@@ -123,6 +123,11 @@ pub struct ServeArgs {
     #[arg(long, env = "EDITD_ALLOW_HTTP_IMAGE_URLS")]
     pub allow_http_image_urls: bool,
 
+    /// Allow image and callback URLs in this network only (repeatable CIDR, e.g. 10.0.5.0/24;
+    /// comma-separated in the environment): a narrower alternative to `--allow-private-networks`.
+    #[arg(long = "allow-cidr", env = "EDITD_ALLOW_CIDRS", value_delimiter = ',')]
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+
     /// Accept plain `http://` `callback_url`s (default: `https://` only). Private addresses
     /// also need `--allow-private-networks`.
     #[arg(long, env = "EDITD_ALLOW_HTTP_CALLBACKS")]
@@ -177,6 +182,7 @@ pub struct ServeConfig {
     pub url_ttl: Duration,
     pub allow_private_networks: bool,
     pub allow_http_image_urls: bool,
+    pub allow_cidrs: Vec<ipnet::IpNet>,
     pub allow_http_callbacks: bool,
     pub callback_retry_base: Duration,
     pub callback_retry_cap: Duration,
@@ -206,6 +212,7 @@ impl ServeConfig {
             url_ttl: Duration::from_secs(86_400),
             allow_private_networks: false,
             allow_http_image_urls: false,
+            allow_cidrs: Vec::new(),
             allow_http_callbacks: false,
             callback_retry_base: Duration::from_secs(30),
             callback_retry_cap: Duration::from_secs(7200),
@@ -291,6 +298,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
             url_ttl: Duration::from_secs(a.url_ttl_secs),
             allow_private_networks: a.allow_private_networks,
             allow_http_image_urls: a.allow_http_image_urls,
+            allow_cidrs: a.allow_cidrs,
             allow_http_callbacks: a.allow_http_callbacks,
             callback_retry_base: Duration::from_millis(a.callback_retry_base_ms),
             callback_retry_cap: Duration::from_millis(a.callback_retry_cap_ms),
@@ -373,6 +381,18 @@ mod tests {
             parse(&["editd", "serve", "--public-url", "ftp://x"]),
             Err(ConfigError::BadPublicUrl(_))
         ));
+        let cfg = parse(&[
+            "editd",
+            "serve",
+            "--allow-cidr",
+            "10.0.5.0/24",
+            "--allow-cidr",
+            "fd00::/8",
+        ])
+        .unwrap();
+        assert_eq!(cfg.allow_cidrs.len(), 2);
+        assert!(cfg.allow_cidrs[0].contains(&"10.0.5.9".parse::<std::net::IpAddr>().unwrap()));
+        assert!(Cli::try_parse_from(["editd", "serve", "--allow-cidr", "10.0.5.0/99"]).is_err());
     }
 
     #[test]

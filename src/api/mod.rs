@@ -263,6 +263,7 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
     let callback_policy = FetchPolicy {
         allow_http: cfg.allow_http_callbacks,
         allow_private: cfg.allow_private_networks,
+        allow_cidrs: cfg.allow_cidrs.clone(),
         connect_timeout: std::time::Duration::from_secs(5),
         total_timeout: std::time::Duration::from_secs(10),
         max_redirects: 0,
@@ -293,6 +294,7 @@ pub async fn serve_with(cfg: ServeConfig, loader: PipelineLoader) -> Result<Serv
         fetch_policy: FetchPolicy {
             allow_http: cfg.allow_http_image_urls,
             allow_private: cfg.allow_private_networks,
+            allow_cidrs: cfg.allow_cidrs.clone(),
             ..FetchPolicy::default()
         },
         callback_policy,
