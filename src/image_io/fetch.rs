@@ -303,7 +303,8 @@ fn fetch_failed(hop: u32, url: &Url, reason: String) -> ImageIoError {
     }
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
+/// A reqwest error as one line: its kind, then its chain of sources.
+pub fn describe_reqwest(e: &reqwest::Error) -> String {
     use std::error::Error;
     let kind = if e.is_connect() {
         "connect error"

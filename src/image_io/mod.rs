@@ -23,7 +23,9 @@ pub use decode::{
 };
 pub use encode::{encode_image, OutputFormat, DEFAULT_JPEG_QUALITY};
 pub use error::ImageIoError;
-pub use fetch::{pinned_client_builder, CheckedTarget, Fetcher, HostResolver, SystemResolver};
+pub use fetch::{
+    describe_reqwest, pinned_client_builder, CheckedTarget, Fetcher, HostResolver, SystemResolver,
+};
 pub use pool::DecodePool;
 pub use ssrf::{
     check_addr, check_url, classify_ip, classify_ipv4, classify_ipv6, display_url, embedded_ipv4,

@@ -327,7 +327,7 @@ impl CallbackService {
             .body(d.payload.clone())
             .send()
             .await
-            .map_err(|e| (describe(&e), false))?;
+            .map_err(|e| (crate::image_io::describe_reqwest(&e), false))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let mut body = Vec::new();
@@ -374,23 +374,4 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let kind = if e.is_connect() {
-        "connect error"
-    } else if e.is_timeout() {
-        "timed out"
-    } else {
-        "request error"
-    };
-    let mut msg = kind.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
