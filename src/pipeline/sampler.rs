@@ -44,6 +44,7 @@ pub struct SamplerSettings {
 }
 
 /// Clean conditioning tokens (references, and the source for inpainting) with their ids.
+/// The tokens are already in the model's dtype: they are the same at every step.
 struct Conditioning {
     tokens: Option<Tensor>,
     ids: PositionIds,
@@ -56,6 +57,8 @@ struct Inpaint {
     source_packed: Tensor,
     /// `(1, N, 1)` token mask, 1 = repaint.
     mask: Tensor,
+    /// `1 − mask`.
+    keep: Tensor,
     start: usize,
     source_image: RgbImage,
     pixel_mask: Vec<bool>,
@@ -276,12 +279,14 @@ fn prepare_inpaint(
         )));
     }
     let cond = Conditioning {
-        tokens: Some(Tensor::cat(&tokens, 1)?),
+        tokens: Some(Tensor::cat(&tokens, 1)?.to_dtype(settings.dtype)?),
         ids,
     };
+    let keep = (1.0 - &mask_t)?;
     let inp = Inpaint {
         source,
         source_packed,
+        keep,
         mask: mask_t,
         start,
         source_image,
@@ -325,7 +330,7 @@ fn denoise(
         }
         let x = latents.to_dtype(settings.dtype)?;
         let img = match &cond.tokens {
-            Some(c) => Tensor::cat(&[&x, &c.to_dtype(settings.dtype)?], 1)?,
+            Some(c) => Tensor::cat(&[&x, c], 1)?,
             None => x,
         };
         let velocity = |p: &PromptEmbeds| -> Result<Tensor, PipelineError> {
@@ -357,8 +362,7 @@ fn denoise(
                 let s = schedule.sigmas[j + 1];
                 ((&noise_packed * s as f64)? + (&inp.source_packed * (1.0_f32 - s) as f64)?)?
             };
-            let keep = (1.0 - &inp.mask)?;
-            latents = (proper.broadcast_mul(&keep)? + latents.broadcast_mul(&inp.mask)?)?;
+            latents = (proper.broadcast_mul(&inp.keep)? + latents.broadcast_mul(&inp.mask)?)?;
         }
         progress(j - start + 1, ctx);
     }
